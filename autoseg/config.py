@@ -1,0 +1,171 @@
+"""The documents that flow between stages: facts (Fingerprint) apart from decisions (Plan).
+
+All sizes, spacings and axes are in numpy order (z, y, x) / (y, x). A 2D configuration of 3D data
+works on axial slices (axis 0 is the slice axis). Components are referred to by registered name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import median
+from typing import Literal
+
+from autoseg import schema
+from autoseg.errors import PlanError
+
+SCHEMA_VERSION = 1
+ConfigName = Literal["2d", "3d_fullres", "3d_lowres"]
+
+
+# ---------------------------------------------------------------- fingerprint (facts)
+@dataclass(frozen=True)
+class IntensityStats:
+    """Foreground intensity statistics of one channel over the whole dataset (from a bounded sample)."""
+
+    mean: float
+    std: float
+    median: float
+    min: float
+    max: float
+    percentile_00_5: float
+    percentile_99_5: float
+
+
+@dataclass(frozen=True)
+class ChannelFingerprint:
+    name: str  # as in dataset.json channel_names, e.g. "CT"
+    modality: str  # normalized: "CT", "MR", "xray" or "other"
+    foreground: IntensityStats
+
+
+@dataclass(frozen=True)
+class CaseFingerprint:
+    case_id: str
+    spacing: tuple[float, ...]
+    shape: tuple[int, ...]
+    cropped_shape: tuple[int, ...]  # after crop-to-nonzero
+    label_fractions: dict[str, float]  # label value (as str) -> voxel fraction
+    label_components: dict[str, int]  # label value (as str) -> connected components
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    dataset_name: str
+    ndim: int  # spatial dimensions of the images: 2 or 3
+    file_ending: str
+    labels: dict[str, int]  # name -> value, background included
+    channels: tuple[ChannelFingerprint, ...]
+    cases: tuple[CaseFingerprint, ...]
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def spacings(self) -> list[tuple[float, ...]]:
+        return [c.spacing for c in self.cases]
+
+    @property
+    def median_spacing(self) -> tuple[float, ...]:
+        return tuple(median(s[i] for s in self.spacings) for i in range(self.ndim))
+
+    @property
+    def median_cropped_shape(self) -> tuple[float, ...]:
+        return tuple(median(c.cropped_shape[i] for c in self.cases) for i in range(self.ndim))
+
+    @property
+    def crop_shrinks_images(self) -> bool:
+        """True when cropping to nonzero removes more than 25% of the median image (nnU-Net's rule)."""
+        ratios = []
+        for c in self.cases:
+            full, cropped = 1, 1
+            for a, b in zip(c.shape, c.cropped_shape):
+                full, cropped = full * a, cropped * b
+            ratios.append(cropped / full)
+        return median(ratios) < 0.75
+
+
+# ---------------------------------------------------------------- plan (decisions)
+@dataclass(frozen=True)
+class NetworkPlan:
+    """Everything needed to build the network; a checkpoint stores this to rebuild it."""
+
+    name: str  # registered network name, e.g. "unet" or "resenc_unet"
+    ndim: int
+    in_channels: int
+    num_classes: int  # background included
+    features: tuple[int, ...]  # per stage
+    kernel_sizes: tuple[tuple[int, ...], ...]  # per stage
+    strides: tuple[tuple[int, ...], ...]  # per stage; stage 0 has stride 1
+    blocks_per_stage: int = 2
+    deep_supervision: bool = True
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.features)
+
+
+@dataclass(frozen=True)
+class NormalizationPlan:
+    """How one channel is normalized. scheme "ct": clip to [clip_low, clip_high], then (x-mean)/std
+    with dataset-wide values; "zscore": per image, inside the nonzero mask when use_mask."""
+
+    scheme: Literal["ct", "zscore", "none"]
+    use_mask: bool = False
+    clip_low: float = 0.0
+    clip_high: float = 0.0
+    mean: float = 0.0
+    std: float = 1.0
+
+
+@dataclass(frozen=True)
+class ResamplingPlan:
+    image_order: int = 3
+    label_order: int = 1  # applied per label (one-hot), so labels never blur into each other
+    separate_out_of_plane: bool = False  # anisotropic data: in-plane with the orders above, ...
+    out_of_plane_order: int = 0  # ... the coarse axis with this order
+    out_of_plane_axis: int | None = None
+
+
+@dataclass(frozen=True)
+class ConfigPlan:
+    name: ConfigName
+    spacing: tuple[float, ...]  # target spacing of the network's input (numpy order)
+    median_shape: tuple[int, ...]  # median cropped shape after resampling
+    patch_size: tuple[int, ...]
+    batch_size: int
+    network: NetworkPlan
+    normalization: tuple[NormalizationPlan, ...]  # per channel
+    resampling: ResamplingPlan
+    mirror_axes: tuple[int, ...]  # spatial axes of the patch that test-time mirroring may flip
+    estimated_memory_gb: float = 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    dataset_name: str
+    planner: str
+    gpu_memory_gb: float
+    labels: dict[str, int]
+    channel_names: tuple[str, ...]
+    file_ending: str
+    image_ndim: int
+    fingerprint_hash: str
+    configurations: dict[str, ConfigPlan]
+    schema_version: int = SCHEMA_VERSION
+
+    def config(self, name: str) -> ConfigPlan:
+        if name not in self.configurations:
+            raise PlanError(f"configuration '{name}' is not in this plan; planned: {', '.join(self.configurations)}")
+        return self.configurations[name]
+
+
+def _check_version(doc, path: Path):
+    if doc.schema_version != SCHEMA_VERSION:
+        raise PlanError(f"{path}: schema_version {doc.schema_version} is not supported (expected {SCHEMA_VERSION}); re-run `autoseg plan`")
+    return doc
+
+
+def load_plan(path: str | Path) -> Plan:
+    return _check_version(schema.load_document(Plan, path), Path(path))
+
+
+def load_fingerprint(path: str | Path) -> Fingerprint:
+    return _check_version(schema.load_document(Fingerprint, path), Path(path))
