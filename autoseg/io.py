@@ -6,14 +6,15 @@ SimpleITK's own (x, y, z) spacing, origin and direction so a read-then-write rou
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import gzip
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from autoseg.atomic import atomic_write
 from autoseg.errors import ImageIOError
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -84,10 +85,28 @@ def _read_sitk(path: Path) -> sitk.Image:
     try:
         if path.is_dir():
             return _read_dicom_series(path)
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
         raise ImageIOError(f"{path}: cannot be read as an image ({first_line}); check that the file is complete and in a supported format") from None
+    _check_complete(path, image)
+    return image
+
+
+def _check_complete(path: Path, image: sitk.Image) -> None:
+    """ITK's NIfTI reader zero-fills a truncated file without complaint, so check the length here."""
+    ending = file_ending(path)
+    if ending == ".nii.gz":
+        try:
+            with gzip.open(path, "rb") as stream:
+                while stream.read(1 << 24):
+                    pass
+        except (EOFError, OSError, zlib.error) as exc:
+            raise ImageIOError(f"{path}: compressed data is truncated or corrupt ({exc}); copy or export the file again") from None
+    elif ending == ".nii":
+        needed = 352 + sitk.GetArrayViewFromImage(image).nbytes  # header + voxels, a lower bound
+        if path.stat().st_size < needed:
+            raise ImageIOError(f"{path}: file is truncated ({path.stat().st_size} bytes, at least {needed} needed); copy or export it again")
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -118,11 +137,18 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     if image.GetDimension() == 4:
         return _split_4d(image)
     array = sitk.GetArrayFromImage(image)
-    if image.GetNumberOfComponentsPerPixel() > 1:
+    if file_ending(path) == ".bmp" and _is_gray_rgb(array, image):
+        array = array[None, ..., 0]  # ITK expands a grayscale palette BMP to 3 identical channels
+    elif image.GetNumberOfComponentsPerPixel() > 1:
         array = np.moveaxis(array, -1, 0)  # (..., C) -> (C, ...)
     else:
         array = array[None]
     return array, Geometry.of(image)
+
+
+def _is_gray_rgb(array: np.ndarray, image: sitk.Image) -> bool:
+    return image.GetNumberOfComponentsPerPixel() == 3 and bool(
+        np.all(array[..., 0] == array[..., 1]) and np.all(array[..., 1] == array[..., 2]))
 
 
 def read_label(path: str | Path) -> tuple[np.ndarray, Geometry]:
@@ -176,6 +202,8 @@ def _to_sitk(array: np.ndarray, geometry: Geometry, path: Path) -> sitk.Image:
 
 def _ensure_writable_dtype(array: np.ndarray, ending: str, path: Path) -> np.ndarray:
     if ending in (".png", ".bmp", ".jpg", ".jpeg"):
+        if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
+            raise ImageIOError(f"{path}: {ending} stores whole numbers only, found fractional or NaN values; round or scale them first, or use .nii.gz")
         if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
             raise ImageIOError(f"{path}: values outside 0..65535 cannot be stored in {ending}; use .nii.gz")
         return array.astype(np.uint8 if array.max(initial=0) < 256 else np.uint16)
@@ -192,18 +220,17 @@ def write_image(path: str | Path, array: np.ndarray, geometry: Geometry, compres
     ending = file_ending(path)
     if ending not in IMAGE_ENDINGS:
         raise ImageIOError(f"{path}: unsupported ending '{ending}'; use one of {', '.join(IMAGE_ENDINGS)}")
+    if ending in PLAIN_2D_ENDINGS and geometry.ndim != 2:
+        raise ImageIOError(f"{path}: {ending} holds 2D images only, found a {geometry.ndim}D geometry; use .nii.gz")
     array = _ensure_writable_dtype(np.asarray(array), ending, path)
     image = _to_sitk(array, geometry, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ending, dir=path.parent)
-    os.close(fd)
     try:
         if ending == ".mhd":  # header + raw pair: the raw file's name is baked into the header
             sitk.WriteImage(image, str(path), compress)
         else:
-            sitk.WriteImage(image, tmp, compress and ending not in PLAIN_2D_ENDINGS)
-            os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            with atomic_write(path, suffix=ending) as tmp:  # SimpleITK picks the format by the ending
+                sitk.WriteImage(image, str(tmp), compress and ending not in PLAIN_2D_ENDINGS)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        raise ImageIOError(f"{path}: could not be written ({reason})") from None
     return path

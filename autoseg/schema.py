@@ -9,13 +9,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from autoseg.atomic import atomic_write
 from autoseg.errors import PlanError
 
 T = TypeVar("T")
@@ -118,16 +117,9 @@ def content_hash(obj: Any) -> str:
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     """Write JSON (a document or plain data) via a temp file and rename, so readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = dumps(data) if dataclasses.is_dataclass(data) else json.dumps(data, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
     return path
 
 

@@ -1,0 +1,483 @@
+"""Dataset folders in the nnU-Net v2 raw layout (unchanged): find the cases, check that all are usable.
+
+    DatasetXXX_Name/dataset.json   channel_names {"0": "CT"}, labels {"background": 0, ...}, numTraining,
+                                   file_ending; optional extras (name, description, groups {case: group}, ...)
+    imagesTr/CASE_0000<ending>     one file per channel, 4-digit channel index
+    labelsTr/CASE<ending>          imagesTs/ (optional, no labels)   splits_final.json (optional)
+
+Colour images: when dataset.json declares N > 1 channels, the ending is a plain 2D format (PNG,
+JPG, ...) and a case has only CASE_0000, that file must carry all N channels as colour components
+(nnU-Net's RGB convention) and `Case.images` has one entry. Everywhere else each file must be
+single-component: an RGB file in a grayscale dataset is reported ("has 3 color components,
+expected grayscale"), not converted, because the right conversion is the user's call.
+`np.concatenate([read_image(p)[0] for p in case.images])` gives (N, *spatial) either way.
+
+`load_dataset` checks the structure only (no pixel reads); `validate_dataset` also reads every
+file once; both report every problem found in one DatasetError, one line per problem.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.errors import ConfigError, DatasetError, ImageIOError
+from autoseg.io import IMAGE_ENDINGS, PLAIN_2D_ENDINGS, Geometry, file_ending, read_image, read_label
+from autoseg.schema import read_json
+
+logger = logging.getLogger(__name__)
+
+DATASET_JSON = "dataset.json"
+SPLITS_FILE = "splits_final.json"
+TRAINING_FOLDERS = ("imagesTr", "labelsTr")
+_KEY_EXAMPLES = {"channel_names": '{"0": "CT"}', "labels": '{"background": 0, "L1": 1}',
+                 "numTraining": "the number of training cases", "file_ending": '".nii.gz"'}
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case: its image files in channel order and, for training cases, its label file."""
+
+    case_id: str
+    images: tuple[Path, ...]  # one file per channel (one colour file may carry all, see module doc)
+    label: Path | None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset folder whose structure has been checked."""
+
+    root: Path
+    name: str  # folder name, e.g. "Dataset611_LumbarCT"
+    channel_names: tuple[str, ...]  # in channel order
+    labels: dict[str, int]  # name -> value, background included, as in dataset.json
+    file_ending: str
+    num_training: int
+    cases: tuple[Case, ...]  # training cases, sorted by case_id
+    test_cases: tuple[Case, ...]  # imagesTs, label None
+    splits_file: Path | None
+    groups: dict[str, str] | None  # case_id -> group, from dataset.json "groups"
+
+
+@dataclass
+class _Metadata:
+    """dataset.json as far as it could be parsed; a field is None where its key is missing or invalid."""
+
+    channel_names: tuple[str, ...] | None = None
+    labels: dict[str, int] | None = None
+    file_ending: str | None = None
+    num_training: int | None = None
+    groups: dict[str, str] | None = None
+
+
+@dataclass
+class _Scan:
+    """Everything the structural pass found, problems included."""
+
+    root: Path
+    meta: _Metadata
+    cases: list[Case] = field(default_factory=list)  # complete training cases only
+    test_cases: list[Case] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- public API
+def load_dataset(root: str | Path) -> Dataset:
+    """Read dataset.json and list the cases without reading any image; raise DatasetError listing every problem."""
+    scan = _scan(Path(root))
+    _raise_if_problems(scan.root, scan.problems)
+    return _to_dataset(scan)
+
+
+def validate_dataset(root: str | Path, workers: int = 2, progress: Callable[[int], object] | None = None) -> Dataset:
+    """Check everything, reading every file once (case by case, `workers` cases at a time).
+
+    `progress(1)` is called after each case (training and test cases); raises DatasetError listing
+    every problem, or returns the Dataset when there is none.
+    """
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, found {workers}")
+    started = time.perf_counter()
+    scan = _scan(Path(root))
+    if scan.meta.channel_names is not None:
+        all_cases = scan.cases + scan.test_cases
+        scan.problems += _check_contents(all_cases, scan.meta, scan.root, workers, progress)
+    _raise_if_problems(scan.root, scan.problems)
+    logger.info("validated %s: %d training and %d test cases in %.1f s", scan.root.name,
+                len(scan.cases), len(scan.test_cases), time.perf_counter() - started)
+    return _to_dataset(scan)
+
+
+def case_images_for(folder: str | Path, case_id: str, num_channels: int, file_ending: str) -> tuple[Path, ...]:
+    """The files holding a case's channels: CASE_0000..CASE_{N-1}, or CASE_0000 alone for a 2D colour file.
+
+    The colour layout applies only when N > 1, the ending is a plain 2D format, CASE_0000 exists
+    and CASE_0001 does not; files are otherwise not checked for existence.
+    """
+    folder = Path(folder)
+    present = {i for i in (0, 1) if (folder / _channel_file_name(case_id, i, file_ending)).is_file()}
+    indices = _channel_layout(present, num_channels, file_ending)
+    return tuple(folder / _channel_file_name(case_id, i, file_ending) for i in indices)
+
+
+# ---------------------------------------------------------------- structure
+def _scan(root: Path) -> _Scan:
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder; expected a dataset folder holding {DATASET_JSON}, imagesTr/ and labelsTr/")
+    problems: list[str] = []
+    scan = _Scan(root, _read_metadata(root, problems), problems=problems)
+    for sub in TRAINING_FOLDERS:
+        if not (root / sub).is_dir():
+            problems.append(f"{sub}/: folder missing; a dataset needs imagesTr/ and labelsTr/")
+    meta = scan.meta
+    if meta.channel_names is None or meta.file_ending is None or not all((root / s).is_dir() for s in TRAINING_FOLDERS):
+        return scan  # case files cannot be named or paired; listing them would only add noise
+    scan.cases, training_ids = _training_cases(root, meta, problems)
+    if (root / "imagesTs").is_dir():
+        scan.test_cases = _unlabelled_cases(root, root / "imagesTs", meta, problems)
+    if meta.num_training is not None and meta.num_training != len(training_ids):
+        problems.append(f"{DATASET_JSON}: numTraining is {meta.num_training} but imagesTr/labelsTr hold "
+                        f"{len(training_ids)} case(s); set numTraining to {len(training_ids)}")
+    if meta.groups is not None:
+        _check_groups(meta.groups, training_ids, problems)
+    if (root / SPLITS_FILE).exists():
+        _check_splits(root, training_ids, problems)
+    return scan
+
+
+def _training_cases(root: Path, meta: _Metadata, problems: list[str]) -> tuple[list[Case], set[str]]:
+    """Pair imagesTr with labelsTr; returns the complete cases and every case id seen in either."""
+    ending = meta.file_ending
+    channel_files = _scan_channel_files(root, root / "imagesTr", ending, problems)
+    label_files = {p.name[: -len(ending)]: p for p in _image_files(root, root / "labelsTr", ending, problems)}
+    cases = []
+    for case_id in sorted(channel_files.keys() | label_files.keys()):
+        label = label_files.get(case_id)
+        images = _case_channels(root, root / "imagesTr", case_id, channel_files.get(case_id, {}), meta, problems)
+        if case_id not in channel_files:
+            problems.append(f"{_rel(label, root)}: label has no image files (expected imagesTr/"
+                            f"{_channel_file_name(case_id, 0, ending)}); add the images or remove the label")
+        elif label is None:
+            problems.append(f"labelsTr/{case_id}{ending}: label missing for case '{case_id}' whose images are in "
+                            "imagesTr; add the label or remove the images")
+        if images is not None and label is not None:
+            cases.append(Case(case_id, images, label))
+    return cases, channel_files.keys() | label_files.keys()
+
+
+def _unlabelled_cases(root: Path, folder: Path, meta: _Metadata, problems: list[str]) -> list[Case]:
+    channel_files = _scan_channel_files(root, folder, meta.file_ending, problems)
+    cases = []
+    for case_id in sorted(channel_files):
+        images = _case_channels(root, folder, case_id, channel_files[case_id], meta, problems)
+        if images is not None:
+            cases.append(Case(case_id, images, None))
+    return cases
+
+
+def _case_channels(root: Path, folder: Path, case_id: str, found: dict[int, Path], meta: _Metadata,
+                   problems: list[str]) -> tuple[Path, ...] | None:
+    """The case's channel files in order, or None (with problems recorded) when any is missing."""
+    if not found:
+        return None
+    count, ending = len(meta.channel_names), meta.file_ending
+    for index, path in sorted(found.items()):
+        if index >= count:
+            problems.append(f"{_rel(path, root)}: channel index {index} but {DATASET_JSON} declares {count} "
+                            f"channel(s) (0..{count - 1}); remove the file or add the channel to channel_names")
+    wanted = _channel_layout(set(found), count, ending)
+    missing = [i for i in wanted if i not in found]
+    for index in missing:
+        problems.append(f"{_rel(folder, root)}/{_channel_file_name(case_id, index, ending)}: missing; "
+                        f"{DATASET_JSON} declares {count} channel(s), so case '{case_id}' needs one file per channel")
+    return None if missing else tuple(found[i] for i in wanted)
+
+
+def _channel_layout(present: set[int], num_channels: int, ending: str) -> list[int]:
+    """Channel file indices a case must have: all of them, or only 0 for a packed 2D colour file."""
+    if num_channels > 1 and ending in PLAIN_2D_ENDINGS and 0 in present and 1 not in present:
+        return [0]
+    return list(range(num_channels))
+
+
+def _scan_channel_files(root: Path, folder: Path, ending: str, problems: list[str]) -> dict[str, dict[int, Path]]:
+    """case_id -> {channel index -> file} for the image files in `folder`."""
+    found: dict[str, dict[int, Path]] = {}
+    for path in _image_files(root, folder, ending, problems):
+        stem = path.name[: -len(ending)]
+        match = _CHANNEL_SUFFIX.match(stem)
+        if match is None:
+            problems.append(f"{_rel(path, root)}: name lacks the 4-digit channel index; rename it to {stem}_0000{ending}")
+            continue
+        found.setdefault(match["case"], {})[int(match["channel"])] = path
+    return found
+
+
+def _image_files(root: Path, folder: Path, ending: str, problems: list[str]) -> list[Path]:
+    """Files in `folder` with `ending`, sorted; image files with another ending are reported, other files ignored."""
+    files = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue  # hidden files (.DS_Store) and sub-folders are not part of the layout
+        if path.name.endswith(ending):
+            files.append(path)
+        elif file_ending(path) in IMAGE_ENDINGS:
+            actual = path.name[len(path.name) - len(file_ending(path)):]
+            problems.append(f"{_rel(path, root)}: ending '{actual}' differs from {DATASET_JSON} file_ending "
+                            f"'{ending}'; convert the file or change file_ending")
+    return files
+
+
+def _check_groups(groups: dict[str, str], training_ids: set[str], problems: list[str]) -> None:
+    unknown = sorted(groups.keys() - training_ids)
+    if unknown:
+        problems.append(f"{DATASET_JSON}: groups names case(s) {_preview(unknown)} that are not in imagesTr/labelsTr; "
+                        "remove them or add the cases")
+    ungrouped = sorted(training_ids - groups.keys())
+    if ungrouped:
+        problems.append(f"{DATASET_JSON}: groups lacks case(s) {_preview(ungrouped)}; give every training case a group")
+
+
+def _check_splits(root: Path, training_ids: set[str], problems: list[str]) -> None:
+    try:
+        folds = read_json(root / SPLITS_FILE, DatasetError)
+    except DatasetError as exc:
+        problems.append(_relative_message(exc, root))
+        return
+    if not isinstance(folds, list) or not folds:
+        problems.append(f'{SPLITS_FILE}: expected a non-empty list of {{"train": [...], "val": [...]}}, '
+                        f"found {type(folds).__name__}")
+        return
+    for index, fold in enumerate(folds):
+        if not isinstance(fold, dict) or not all(isinstance(fold.get(k), list) for k in ("train", "val")):
+            problems.append(f"{SPLITS_FILE}: fold {index} must be an object with 'train' and 'val' lists of case ids")
+            continue
+        train, val = {str(c) for c in fold["train"]}, {str(c) for c in fold["val"]}
+        unknown = sorted((train | val) - training_ids)
+        if unknown:
+            problems.append(f"{SPLITS_FILE}: fold {index} names unknown case(s) {_preview(unknown)}; "
+                            "use ids of training cases in labelsTr")
+        if train & val:
+            problems.append(f"{SPLITS_FILE}: fold {index} has case(s) {_preview(sorted(train & val))} in both "
+                            "train and val; each case belongs to one side")
+
+
+# ---------------------------------------------------------------- dataset.json
+def _read_metadata(root: Path, problems: list[str]) -> _Metadata:
+    try:
+        data = read_json(root / DATASET_JSON, DatasetError)
+    except DatasetError as exc:
+        problems.append(_relative_message(exc, root))
+        return _Metadata()
+    if not isinstance(data, dict):
+        problems.append(f"{DATASET_JSON}: expected a JSON object with keys {list(_KEY_EXAMPLES)}, found {type(data).__name__}")
+        return _Metadata()
+    for key, example in _KEY_EXAMPLES.items():
+        if key not in data:
+            v1 = " (nnU-Net v1 called it 'modality')" if key == "channel_names" and "modality" in data else ""
+            problems.append(f"{DATASET_JSON}: missing key '{key}'{v1}; add it, e.g. {example}")
+    parsed = {}
+    for key, parse in _PARSERS.items():
+        try:
+            parsed[key] = parse(data[key]) if key in data else None
+        except ValueError as exc:
+            problems.append(f"{DATASET_JSON}: {key} {exc}")
+    return _Metadata(parsed.get("channel_names"), parsed.get("labels"), parsed.get("file_ending"),
+                     parsed.get("numTraining"), parsed.get("groups"))
+
+
+def _parse_channel_names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, dict) or not value or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(f'must be a non-empty object of names like {{"0": "CT", "1": "T2"}}, found {value!r}')
+    expected = [str(i) for i in range(len(value))]
+    if set(value) != set(expected):
+        raise ValueError(f'keys must be "0".."{len(value) - 1}" (one per channel), found {sorted(value)}')
+    return tuple(value[k] for k in expected)
+
+
+def _parse_labels(value: object) -> dict[str, int]:
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f'must be a non-empty object like {{"background": 0, "L1": 1}}, found {value!r}')
+    bad = {k: v for k, v in value.items() if isinstance(v, bool) or not isinstance(v, int)}
+    if bad:
+        raise ValueError(f"values must be single whole numbers (region-based labels are not supported), found {bad!r}")
+    values = sorted(value.values())
+    if values != list(range(len(values))):
+        raise ValueError(f"values must be consecutive from 0 (0..{len(values) - 1}), found {values}; "
+                         "renumber them here and in the label files")
+    return dict(value)
+
+
+def _parse_file_ending(value: object) -> str:
+    if value not in IMAGE_ENDINGS:
+        raise ValueError(f"must be one of {', '.join(IMAGE_ENDINGS)}, found {value!r}")
+    return value
+
+
+def _parse_count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be a whole number >= 0, found {value!r}")
+    return value
+
+
+def _parse_groups(value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(g, (str, int)) and not isinstance(g, bool) for g in value.values()):
+        raise ValueError(f'must map case ids to group names, e.g. {{"case_01": "patient_7"}}, found {value!r}')
+    return {k: str(g) for k, g in value.items()}  # integer patient ids are common; groups compare as text
+
+
+_PARSERS: dict[str, Callable[[object], object]] = {
+    "channel_names": _parse_channel_names, "labels": _parse_labels, "file_ending": _parse_file_ending,
+    "numTraining": _parse_count, "groups": _parse_groups,
+}
+
+
+# ---------------------------------------------------------------- file contents
+def _check_contents(cases: list[Case], meta: _Metadata, root: Path, workers: int,
+                    progress: Callable[[int], object] | None) -> list[str]:
+    """Read every case once, `workers` cases in parallel (SimpleITK and numpy release the GIL)."""
+    reports: list[tuple[list[str], int | None]] = [([], None)] * len(cases)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(_check_case, case, meta, root): i for i, case in enumerate(cases)}
+        for future in as_completed(futures):
+            reports[futures[future]] = future.result()
+            if progress is not None:
+                progress(1)
+    problems = [line for lines, _ in reports for line in lines]  # case order, not completion order
+    mixed = _mixed_dimensions(cases, [ndim for _, ndim in reports])
+    return problems + ([mixed] if mixed else [])
+
+
+def _check_case(case: Case, meta: _Metadata, root: Path) -> tuple[list[str], int | None]:
+    """All problems of one case and its spatial dimensionality (None if nothing was readable)."""
+    problems: list[str] = []
+    reference = _check_label(case.label, meta.labels, root, problems) if case.label is not None else None
+    expected_components = len(meta.channel_names) if len(case.images) == 1 else 1
+    for path in case.images:
+        grid = _check_image(path, expected_components, meta.file_ending, root, problems)
+        if grid is None:
+            continue
+        if reference is None:
+            reference = (path, *grid)
+        else:
+            problems.extend(_grid_mismatch(path, grid, reference, root))
+    return problems, (len(reference[1]) if reference else None)
+
+
+def _check_label(path: Path, labels: dict[str, int] | None, root: Path,
+                 problems: list[str]) -> tuple[Path, tuple[int, ...], Geometry] | None:
+    try:
+        label, geometry = read_label(path)
+    except ImageIOError as exc:
+        problems.append(_relative_message(exc, root))
+        return None
+    if labels is not None:
+        undeclared = sorted(set(_label_values(label)) - set(labels.values()))
+        if undeclared:
+            problems.append(f"{_rel(path, root)}: label value(s) {_preview(undeclared)} not declared in {DATASET_JSON} "
+                            f"labels (declared 0..{len(labels) - 1}); fix the label file or declare the values")
+    return path, label.shape, geometry
+
+
+def _check_image(path: Path, expected_components: int, ending: str, root: Path,
+                 problems: list[str]) -> tuple[tuple[int, ...], Geometry] | None:
+    try:
+        array, geometry = read_image(path)
+    except ImageIOError as exc:
+        problems.append(_relative_message(exc, root))
+        return None
+    found = array.shape[0]
+    if found != expected_components:
+        problems.append(_component_problem(_rel(path, root), found, expected_components, ending))
+    if np.issubdtype(array.dtype, np.floating):  # NIfTI's reader already turns NaN into 0; NRRD/MHA keep it
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            problems.append(f"{_rel(path, root)}: {bad} NaN/inf value(s); replace them (e.g. with the image minimum)")
+    return array.shape[1:], geometry
+
+
+def _component_problem(name: str, found: int, expected: int, ending: str) -> str:
+    if expected == 1:
+        kind = "color components" if ending in PLAIN_2D_ENDINGS else "channels (4D or vector image)"
+        return (f"{name}: has {found} {kind}, expected grayscale; convert it to one channel, or store one "
+                f"file per channel, or declare {found} channels in {DATASET_JSON} for a colour file")
+    return (f"{name}: has {found} component(s), expected {expected} because {DATASET_JSON} declares {expected} "
+            "channels and this case has only this file; add the missing _0001.. channel files")
+
+
+def _grid_mismatch(path: Path, grid: tuple[tuple[int, ...], Geometry],
+                   reference: tuple[Path, tuple[int, ...], Geometry], root: Path) -> list[str]:
+    (shape, geometry), (ref_path, ref_shape, ref_geometry) = grid, reference
+    if shape != ref_shape:
+        return [f"{_rel(path, root)}: shape {shape} differs from {_rel(ref_path, root)} shape {ref_shape}; "
+                "all channels and the label of a case must share one grid"]
+    if not geometry.matches(ref_geometry):
+        return [f"{_rel(path, root)}: geometry differs from {_rel(ref_path, root)} "
+                f"({_geometry_difference(geometry, ref_geometry)}); resample one onto the other's grid"]
+    return []
+
+
+def _geometry_difference(a: Geometry, b: Geometry) -> str:
+    parts = [f"{name} {getattr(a, name)} vs {getattr(b, name)}" for name in ("spacing", "origin", "direction")
+             if not np.allclose(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-4)]
+    return "; ".join(parts) or "differences above tolerance"
+
+
+def _label_values(label: np.ndarray) -> list[int]:
+    """Distinct values; bincount is far faster than np.unique for the usual small non-negative labels."""
+    if label.size and label.min() >= 0 and label.max() < 65536:
+        return np.flatnonzero(np.bincount(label.ravel())).tolist()
+    return np.unique(label).tolist()
+
+
+def _mixed_dimensions(cases: list[Case], ndims: list[int | None]) -> str | None:
+    by_ndim: dict[int, list[str]] = {}
+    for case, ndim in zip(cases, ndims):
+        if ndim is not None:
+            by_ndim.setdefault(ndim, []).append(case.case_id)
+    if len(by_ndim) < 2:
+        return None
+    listing = ", ".join(f"{ndim}D: {_preview(ids, 3)}" for ndim, ids in sorted(by_ndim.items()))
+    return f"cases mix 2D and 3D images ({listing}); a dataset must be all 2D or all 3D"
+
+
+# ---------------------------------------------------------------- helpers
+def _to_dataset(scan: _Scan) -> Dataset:
+    meta, root = scan.meta, scan.root
+    splits = root / SPLITS_FILE
+    return Dataset(root=root, name=Path(os.path.abspath(root)).name, channel_names=meta.channel_names, labels=meta.labels,
+                   file_ending=meta.file_ending, num_training=meta.num_training, cases=tuple(scan.cases),
+                   test_cases=tuple(scan.test_cases), splits_file=splits if splits.is_file() else None,
+                   groups=meta.groups)
+
+
+def _raise_if_problems(root: Path, problems: list[str]) -> None:
+    if problems:
+        raise DatasetError(f"{root}: dataset has {len(problems)} problem(s)", problems=problems)
+
+
+def _channel_file_name(case_id: str, channel: int, ending: str) -> str:
+    return f"{case_id}_{channel:04d}{ending}"
+
+
+def _rel(path: Path, root: Path) -> str:
+    """Paths relative to the dataset folder keep problem lines short; the header names the folder."""
+    return path.relative_to(root).as_posix()
+
+
+def _relative_message(exc: Exception, root: Path) -> str:
+    return str(exc).replace(f"{root}{os.sep}", "")
+
+
+def _preview(items: Iterable[object], limit: int = 5) -> str:
+    items = list(items)
+    shown = ", ".join(repr(i) for i in items[:limit])
+    return f"[{shown}{f', ... (+{len(items) - limit} more)' if len(items) > limit else ''}]"
