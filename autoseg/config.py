@@ -5,7 +5,7 @@ works on axial slices (axis 0 is the slice axis). Components are referred to by 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 from typing import Literal
@@ -155,6 +155,41 @@ class Plan:
         if name not in self.configurations:
             raise PlanError(f"configuration '{name}' is not in this plan; planned: {', '.join(self.configurations)}")
         return self.configurations[name]
+
+
+# ---------------------------------------------------------------- training options
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a training run. Recorded in run.json; `--resume` refuses a different one
+    (apart from RESUMABLE_CHANGES, which do not change the result)."""
+
+    dataset_name: str
+    config: str
+    fold: str  # "0".."k-1" or "all"
+    trainer: str = "default"
+    epochs: int = 1000
+    iters_per_epoch: int = 250
+    val_iters: int = 50
+    time_budget_s: float | None = None  # when set, training ends on time and lr decays with elapsed time
+    early_stop: int | None = None  # epochs without a new best EMA pseudo-Dice
+    lr: float = 1e-2
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    grad_clip: float = 12.0
+    precision: Precision = "auto"
+    device: str = "auto"
+    deterministic: bool = False
+    seed: int = 0
+    batch_size: int | None = None  # None: the plan's
+    oversample_foreground: float = 0.33
+    checkpoint_every: int = 5  # epochs between "latest" checkpoints
+    workers: int = 2
+
+
+RESUMABLE_CHANGES = frozenset({"workers", "device", "checkpoint_every"})
 
 
 def _check_version(doc, path: Path):
