@@ -1,0 +1,221 @@
+"""Random training patches from preprocessed cases, with foreground oversampling.
+
+A batch is drawn in two steps: `choose_patch_start` decides where a patch lies (the only random
+step), `read_box` cuts it out of a memory-mapped case (pure, pads with 0 outside the case), so only
+the patch is read from disk. The last `B - round(B * (1 - p))` samples of a batch are forced to
+contain a voxel of a foreground class (chosen uniformly among the classes present in the case).
+
+A 2D network on 3D cases (2D patch size, 3D case) samples axial slices (axis 0): a random slice, or
+for a forced-foreground sample the slice through the chosen foreground voxel.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from autoseg.errors import ConfigError, PreprocessingError
+
+logger = logging.getLogger(__name__)
+
+_REPREPROCESS = "re-run `autoseg preprocess` for this configuration"
+
+
+# ---------------------------------------------------------------- pure helpers (no randomness)
+def patch_start_range(case_shape: Sequence[int], patch_size: Sequence[int]) -> list[tuple[int, int]]:
+    """Inclusive (low, high) start per axis so the patch lies inside the case, or, where the case is
+    smaller than the patch, so the whole case lies inside the patch."""
+    return [(min(0, n - p), max(0, n - p)) for n, p in zip(case_shape, patch_size)]
+
+
+def read_box(array: np.ndarray, start: Sequence[int], size: Sequence[int], dtype: type) -> np.ndarray:
+    """The box [start, start + size) over the spatial axes of channel-first `array`, 0 outside it.
+
+    Only the overlap is indexed, so a memory-mapped `array` reads just the patch from disk.
+    """
+    out = np.zeros((array.shape[0], *size), dtype=dtype)
+    source, target = [slice(None)], [slice(None)]
+    for lo, n, extent in zip(start, size, array.shape[1:]):
+        a, b = max(lo, 0), min(lo + n, extent)
+        if b <= a:  # no overlap at all: the box lies entirely outside the case
+            return out
+        source.append(slice(a, b))
+        target.append(slice(a - lo, b - lo))
+    out[tuple(target)] = array[tuple(source)]
+    return out
+
+
+def forced_foreground_flags(batch_size: int, oversample_foreground: float, rng: np.random.Generator) -> list[bool]:
+    """Which samples of a batch must contain foreground: the last B - round(B * (1 - p)).
+
+    With B == 1 that count would always round to 0 for p < 0.5, so the single sample is forced
+    with probability p instead.
+    """
+    if batch_size == 1:
+        return [bool(rng.uniform() < oversample_foreground)]
+    num_random = int(round(batch_size * (1 - oversample_foreground)))
+    return [i >= num_random for i in range(batch_size)]
+
+
+def choose_patch_start(
+    rng: np.random.Generator,
+    case_shape: Sequence[int],
+    patch_size: Sequence[int],
+    foreground_voxel: Sequence[int] | None,
+) -> tuple[int, ...]:
+    """Start of a patch: uniform inside the case, or, given a foreground voxel, a uniformly jittered
+    position that keeps that voxel inside the patch."""
+    start = []
+    for axis, (low, high) in enumerate(patch_start_range(case_shape, patch_size)):
+        if foreground_voxel is None:
+            start.append(int(rng.integers(low, high + 1)))
+        else:
+            voxel = int(foreground_voxel[axis])
+            jittered = int(rng.integers(voxel - patch_size[axis] + 1, voxel + 1))
+            # clipping towards the valid range keeps the voxel inside (see patch_start_range)
+            start.append(min(max(jittered, low), high))
+    return tuple(start)
+
+
+# ---------------------------------------------------------------- case files
+def _open_case(folder: Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """Memory-map a case's image and label. TODO(lead): replace with preprocessing.load_case."""
+    arrays = []
+    for path in (folder / f"{case_id}.npy", folder / f"{case_id}_seg.npy"):
+        try:
+            arrays.append(np.load(path, mmap_mode="r", allow_pickle=False))
+        except FileNotFoundError:
+            raise PreprocessingError(f"{path}: file of preprocessed case '{case_id}' is missing; {_REPREPROCESS}") from None
+        except Exception as e:  # corrupt or truncated .npy: numpy raises ValueError/OSError/EOFError
+            raise PreprocessingError(
+                f"{path}: cannot read preprocessed case '{case_id}' ({type(e).__name__}: {e}); "
+                f"expected a .npy array of shape (channels, *spatial); {_REPREPROCESS}"
+            ) from e
+    data, seg = arrays
+    if data.ndim < 3 or seg.shape != (1, *data.shape[1:]):
+        raise PreprocessingError(
+            f"{folder}: case '{case_id}' has image shape {data.shape} and label shape {seg.shape}; expected "
+            f"(C, *spatial) and (1, *spatial) with the same spatial shape; {_REPREPROCESS}"
+        )
+    return data, seg
+
+
+def _pick_foreground_voxel(folder: Path, case_id: str, rng: np.random.Generator) -> np.ndarray | None:
+    """A stored voxel of a class chosen uniformly among those present in the case; None if none is."""
+    path = folder / f"{case_id}_locations.npz"
+    try:
+        with np.load(path, allow_pickle=False) as locations:
+            classes = sorted(locations.files, key=int)  # sorted: the draw must not depend on zip order
+            if not classes:
+                return None
+            voxels = locations[classes[int(rng.integers(len(classes)))]]
+    except FileNotFoundError:
+        raise PreprocessingError(f"{path}: class locations of case '{case_id}' are missing; {_REPREPROCESS}") from None
+    except Exception as e:
+        raise PreprocessingError(
+            f"{path}: cannot read class locations of case '{case_id}' ({type(e).__name__}: {e}); {_REPREPROCESS}"
+        ) from e
+    return voxels[int(rng.integers(len(voxels)))] if len(voxels) else None
+
+
+# ---------------------------------------------------------------- sampler
+class PatchSampler:
+    """Draws training batches {"data": float32 (B, C, *S), "target": int16 (B, 1, *S), "case_ids"}.
+
+    S is `sample_size` (default `patch_size`): a larger pre-augmentation box, centred on where the
+    `patch_size` patch was placed, so a rotation/scaling followed by a centre crop has real data at
+    its borders. The network's dimensionality is len(patch_size). Deterministic given `seed`;
+    holds no open files, so it can be pickled into worker processes.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        case_ids: Sequence[str],
+        patch_size: Sequence[int],
+        batch_size: int,
+        oversample_foreground: float = 1 / 3,
+        seed: int = 0,
+        sample_size: Sequence[int] | None = None,
+    ):
+        self.folder = Path(folder)
+        self.case_ids = list(case_ids)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.sample_size = tuple(int(s) for s in (sample_size if sample_size is not None else patch_size))
+        self.batch_size = int(batch_size)
+        self.oversample_foreground = float(oversample_foreground)
+        self._check_arguments()
+        self._check_files()
+        self.rng = np.random.default_rng(seed)
+
+    def _check_arguments(self) -> None:
+        if not self.case_ids:
+            raise ConfigError(f"{self.folder}: no training cases given; expected at least one case id")
+        if len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1:
+            raise ConfigError(f"patch_size {self.patch_size}: expected 2 or 3 positive sizes")
+        if len(self.sample_size) != len(self.patch_size) or any(s < p for s, p in zip(self.sample_size, self.patch_size)):
+            raise ConfigError(f"sample_size {self.sample_size}: expected one size per patch axis, "
+                              f"each >= patch_size {self.patch_size}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size {self.batch_size}: expected at least 1")
+        if not 0.0 <= self.oversample_foreground <= 1.0:
+            raise ConfigError(f"oversample_foreground {self.oversample_foreground}: expected a fraction in [0, 1]")
+
+    def _check_files(self) -> None:
+        """Fail at construction, not minutes into training, when a case's files are absent."""
+        endings = (".npy", "_seg.npy", "_locations.npz")
+        missing = [f"{c}{e}" for c in self.case_ids for e in endings if not (self.folder / f"{c}{e}").is_file()]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise PreprocessingError(f"{self.folder}: preprocessed files are missing: {shown}; {_REPREPROCESS}")
+
+    def reseeded(self, seed: int) -> "PatchSampler":
+        """A copy drawing an independent stream (one per loader worker)."""
+        clone = copy.copy(self)
+        clone.rng = np.random.default_rng(seed)
+        return clone
+
+    def sample_batch(self) -> dict:
+        """One batch; the last samples are forced to contain foreground (forced_foreground_flags)."""
+        flags = forced_foreground_flags(self.batch_size, self.oversample_foreground, self.rng)
+        samples = [self._sample_one(forced) for forced in flags]
+        return {
+            "data": np.stack([s[0] for s in samples]),
+            "target": np.stack([s[1] for s in samples]),
+            "case_ids": [s[2] for s in samples],
+        }
+
+    def _sample_one(self, force_foreground: bool) -> tuple[np.ndarray, np.ndarray, str]:
+        case_id = self.case_ids[int(self.rng.integers(len(self.case_ids)))]
+        data, seg = _open_case(self.folder, case_id)
+        voxel = _pick_foreground_voxel(self.folder, case_id, self.rng) if force_foreground else None
+        if force_foreground and voxel is None:
+            logger.debug("case %s has no foreground; sampling a random patch instead", case_id)
+        data, seg, voxel = self._network_view(case_id, data, seg, voxel)
+        start = choose_patch_start(self.rng, data.shape[1:], self.patch_size, voxel)
+        # widen the patch box symmetrically to the pre-augmentation box
+        box_start = [s - (n - p) // 2 for s, n, p in zip(start, self.sample_size, self.patch_size)]
+        try:
+            return (read_box(data, box_start, self.sample_size, np.float32),
+                    read_box(seg, box_start, self.sample_size, np.int16), case_id)
+        except (OSError, ValueError) as e:  # e.g. a file truncated after it was mapped
+            raise PreprocessingError(
+                f"{self.folder}: reading a patch of case '{case_id}' failed ({e}); {_REPREPROCESS}") from e
+
+    def _network_view(
+        self, case_id: str, data: np.ndarray, seg: np.ndarray, voxel: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The arrays as the network sees them: one axial slice for a 2D network on a 3D case."""
+        case_ndim, net_ndim = data.ndim - 1, len(self.patch_size)
+        if case_ndim == net_ndim:
+            return data, seg, voxel
+        if case_ndim == 3 and net_ndim == 2:
+            z = int(voxel[0]) if voxel is not None else int(self.rng.integers(data.shape[1]))
+            return data[:, z], seg[:, z], (voxel[1:] if voxel is not None else None)
+        raise ConfigError(
+            f"case '{case_id}' in {self.folder} is {case_ndim}D but the patch size {self.patch_size} is {net_ndim}D; "
+            "a 3D patch needs 3D cases (use the 2d configuration for 2D data)"
+        )
