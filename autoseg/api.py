@@ -1,0 +1,131 @@
+"""The Python API. The CLI is a thin layer over these functions; they take plain values and paths,
+return documents, and report long work through an optional progress factory."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from autoseg import schema
+from autoseg.config import Fingerprint, Plan
+from autoseg.dataset import Dataset, validate_dataset
+from autoseg.fingerprint import compute_fingerprint
+from autoseg.progress import ProgressFactory, task
+from autoseg.workdir import Workdir
+
+log = logging.getLogger(__name__)
+
+
+def validate(dataset_dir: str | Path, workers: int = 2, progress: ProgressFactory | None = None) -> Dataset:
+    """Check a dataset folder; raises DatasetError listing every problem."""
+    from autoseg.dataset import load_dataset
+
+    total = len(load_dataset(dataset_dir).cases)
+    return validate_dataset(dataset_dir, workers=workers, progress=task(progress, "Validating", total))
+
+
+def fingerprint(dataset: Dataset, workers: int = 2, progress: ProgressFactory | None = None) -> Fingerprint:
+    return compute_fingerprint(dataset, workers=workers, progress=task(progress, "Fingerprinting", len(dataset.cases)))
+
+
+def plan(
+    dataset_dir: str | Path,
+    workdir: str | Path | None = None,
+    gpu_memory_gb: float = 8.0,
+    configs: Sequence[str] | None = None,
+    network: str = "unet",
+    workers: int = 2,
+    progress: ProgressFactory | None = None,
+) -> tuple[Plan, Path]:
+    """Validate, fingerprint and plan a dataset; writes fingerprint.json and plan.json.
+
+    Nothing is written unless validation passes. Returns the plan and the plan.json path.
+    """
+    from autoseg.planners import plan_dataset
+
+    dataset = validate(dataset_dir, workers=workers, progress=progress)
+    facts = fingerprint(dataset, workers=workers, progress=progress)
+    decided = plan_dataset(facts, gpu_memory_gb=gpu_memory_gb, configs=configs, network=network)
+    wd = Workdir.at(workdir)
+    schema.write_json_atomic(wd.fingerprint_path(dataset.name), facts)
+    path = schema.write_json_atomic(wd.plan_path(dataset.name), decided)
+    log.info("plan written to %s", path)
+    return decided, path
+
+
+def example(name: str, out_dir: str | Path, cases: int | None = None, seed: int = 0) -> Path:
+    """Write a synthetic phantom dataset for one of the five clinical tasks."""
+    from autoseg.phantoms import write_example
+
+    return write_example(name, out_dir, cases=cases, seed=seed)
+
+
+def load_or_make_plan(dataset: Dataset, workdir: Workdir, workers: int, progress: ProgressFactory | None) -> Plan:
+    """The dataset's plan.json, planning with defaults first when there is none yet."""
+    from autoseg.config import load_plan
+
+    path = workdir.plan_path(dataset.name)
+    if not path.is_file():
+        log.info("no plan for %s yet: planning with defaults (run `autoseg plan` to choose options)", dataset.name)
+        plan(dataset.root, workdir.root, workers=workers, progress=progress)
+    return load_plan(path)
+
+
+def preprocess(
+    dataset_dir: str | Path,
+    config: str,
+    workdir: str | Path | None = None,
+    workers: int = 2,
+    force: bool = False,
+    progress: ProgressFactory | None = None,
+) -> Path:
+    """Preprocess every training case for one configuration (skipped when already up to date)."""
+    from autoseg.dataset import load_dataset
+    from autoseg.preprocessing import preprocess_dataset
+
+    wd = Workdir.at(workdir)
+    dataset = load_dataset(dataset_dir)
+    decided = load_or_make_plan(dataset, wd, workers, progress)
+    decided.config(config)  # unknown configuration: a PlanError naming the planned ones
+    return preprocess_dataset(
+        dataset, decided, config, wd.preprocessed_dir(dataset.name, config), workers=workers,
+        progress=task(progress, f"Preprocessing {config}", len(dataset.cases)), force=force,
+    )
+
+
+def train(
+    dataset_dir: str | Path,
+    config: str,
+    fold: str | int,
+    workdir: str | Path | None = None,
+    resume: bool = False,
+    run_dir: str | Path | None = None,
+    progress: ProgressFactory | None = None,
+    on_event=None,
+    **options,
+) -> Path:
+    """Train one fold of one configuration; returns the run folder. `options` are TrainConfig fields."""
+    from autoseg.config import TrainConfig
+    from autoseg.dataset import load_dataset
+    from autoseg.registry import TRAINERS
+    from autoseg.trainers.run_folder import run_log
+    from autoseg.trainers.splits import cases_for_fold, group_ids, load_or_create_splits
+
+    import autoseg.trainers  # noqa: F401  (registers trainers)
+
+    wd = Workdir.at(workdir)
+    dataset = load_dataset(dataset_dir)
+    workers = options.get("workers", 2)
+    folder = preprocess(dataset_dir, config, wd.root, workers=workers, progress=progress)
+    decided = load_or_make_plan(dataset, wd, workers, progress)
+    case_ids = [c.case_id for c in dataset.cases]
+    splits = load_or_create_splits(case_ids, dataset.splits_file, wd.splits_path(dataset.name),
+                                   groups=group_ids(case_ids, dataset.groups, None) if dataset.groups else None)
+    train_ids, val_ids = cases_for_fold(splits, str(fold), case_ids)
+    train_config = TrainConfig(dataset_name=dataset.name, config=config, fold=str(fold), **options)
+    run = Path(run_dir) if run_dir else wd.run_dir(dataset.name, config, fold)
+    trainer_cls = TRAINERS.get(train_config.trainer)
+    with run_log(run):
+        trainer = trainer_cls(decided, decided.config(config), train_config, folder, run, train_ids, val_ids, on_event)
+        trainer.fit(resume=resume)
+    return run

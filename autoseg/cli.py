@@ -1,0 +1,156 @@
+"""Command line: parse, call autoseg.api, render with rich. Heavy imports stay inside commands so
+`autoseg --help` is instant."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from autoseg.errors import AutosegError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Self-configuring U-Net segmentation.")
+console = Console(stderr=True)
+out = Console()
+
+EXIT_PROBLEM = 2
+
+WorkdirOption = typer.Option(None, "--workdir", "-w", help="Where plans, preprocessed data and runs go [default: ./autoseg_work]")
+WorkersOption = typer.Option(2, "--workers", help="Parallel worker processes")
+
+
+@app.callback()
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+    )
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Known user mistakes end with a clear message and exit code 2, not a traceback."""
+    try:
+        yield
+    except AutosegError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_PROBLEM) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+
+        def factory(description: str, total: int):
+            task_id = bar.add_task(description, total=total)
+            return lambda n=1: bar.advance(task_id, n)
+
+        yield factory
+
+
+@app.command()
+def validate(dataset: Path = typer.Argument(..., help="Dataset folder (nnU-Net v2 raw layout)"), workers: int = WorkersOption) -> None:
+    """Check a dataset folder and report every problem, one line each (exit code 2 on problems)."""
+    from autoseg import api
+
+    with _user_errors(), _progress() as progress:
+        ds = api.validate(dataset, workers=workers, progress=progress)
+    out.print(f"[green]OK[/] {ds.name}: {len(ds.cases)} training cases, {len(ds.channel_names)} channel(s), {len(ds.labels)} labels")
+
+
+@app.command()
+def plan(
+    dataset: Path = typer.Argument(..., help="Dataset folder (nnU-Net v2 raw layout)"),
+    workdir: Optional[Path] = WorkdirOption,
+    gpu_memory_gb: float = typer.Option(8.0, "--gpu-memory-gb", help="GPU memory budget for training, in GB"),
+    configs: Optional[List[str]] = typer.Option(None, "--configs", "-c", help="Only these configurations (2d, 3d_fullres, 3d_lowres)"),
+    network: str = typer.Option("unet", "--network", help="Registered network name (unet, resenc_unet)"),
+    workers: int = WorkersOption,
+) -> None:
+    """Validate, fingerprint and plan a dataset; print the plan of every configuration."""
+    from autoseg import api
+    from autoseg.render import plan_table
+
+    with _user_errors(), _progress() as progress:
+        decided, path = api.plan(dataset, workdir, gpu_memory_gb, configs, network, workers, progress)
+    out.print(plan_table(decided))
+    out.print(f"plan written to [bold]{path}[/]")
+
+
+@app.command()
+def example(
+    name: str = typer.Argument(..., help="cervical-xray, lumbar-xray, lumbar-ct, skeleton-ct or dti-cord"),
+    out_dir: Path = typer.Argument(..., help="Folder to create the dataset in"),
+    cases: Optional[int] = typer.Option(None, "--cases", help="Number of cases [default: the phantom's own]"),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same data)"),
+) -> None:
+    """Generate a synthetic phantom dataset for one of the five clinical tasks."""
+    from autoseg import api
+
+    with _user_errors():
+        path = api.example(name, out_dir, cases=cases, seed=seed)
+    out.print(f"wrote [bold]{path}[/]")
+
+
+@app.command()
+def preprocess(
+    dataset: Path = typer.Argument(..., help="Dataset folder"),
+    config: str = typer.Argument(..., help="Configuration: 2d, 3d_fullres or 3d_lowres"),
+    workdir: Optional[Path] = WorkdirOption,
+    workers: int = WorkersOption,
+    force: bool = typer.Option(False, "--force", help="Redo even when up to date"),
+) -> None:
+    """Preprocess a configuration's training cases (train does this itself when needed)."""
+    from autoseg import api
+
+    with _user_errors(), _progress() as progress:
+        folder = api.preprocess(dataset, config, workdir, workers, force, progress)
+    out.print(f"preprocessed cases in [bold]{folder}[/]")
+
+
+@app.command()
+def train(
+    dataset: Path = typer.Argument(..., help="Dataset folder"),
+    config: str = typer.Argument(..., help="Configuration: 2d, 3d_fullres or 3d_lowres"),
+    fold: str = typer.Argument(..., help="Fold number, or 'all' to train on every case"),
+    workdir: Optional[Path] = WorkdirOption,
+    epochs: int = typer.Option(1000, "--epochs", help="Maximum number of epochs"),
+    iters_per_epoch: int = typer.Option(250, "--iters-per-epoch", help="Training iterations per epoch"),
+    val_iters: int = typer.Option(50, "--val-iters", help="Validation batches per epoch"),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall-clock budget, e.g. 30m or 2h; the lr schedule follows it"),
+    early_stop: Optional[int] = typer.Option(None, "--early-stop", help="Stop after this many epochs without a better EMA pseudo-Dice"),
+    lr: float = typer.Option(1e-2, "--lr", help="Initial learning rate"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the plan's batch size"),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    deterministic: bool = typer.Option(False, "--deterministic", help="Reproducible results (slower)"),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(2, "--workers", help="Data loader processes (0: in-process)"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder [default: <workdir>/runs/<dataset>/<config>/fold_<k>]"),
+) -> None:
+    """Train a U-Net for one configuration and fold (preprocessing first when needed)."""
+    from autoseg import api
+    from autoseg.live import TrainingDisplay
+    from autoseg.trainers.schedule import parse_duration
+
+    with _user_errors():
+        budget = parse_duration(time_budget) if time_budget else None
+        with _progress() as progress, TrainingDisplay(console) as display:
+            run = api.train(
+                dataset, config, fold, workdir, resume=resume, run_dir=run_dir, progress=progress, on_event=display.update,
+                epochs=epochs, iters_per_epoch=iters_per_epoch, val_iters=val_iters, time_budget_s=budget,
+                early_stop=early_stop, lr=lr, batch_size=batch_size, precision=precision, device=device,
+                deterministic=deterministic, seed=seed, workers=workers,
+            )
+    out.print(f"run folder: [bold]{run}[/] (checkpoints, run.json, progress.png, train.log)")

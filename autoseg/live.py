@@ -1,0 +1,42 @@
+"""Rich live display of a training run (CLI only; the trainer just emits events)."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class TrainingDisplay:
+    """Epoch, iteration, loss, pseudo-Dice, it/s and ETA on one live line; a line per finished epoch."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total} it"),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("EMA Dice {task.fields[ema]}"),
+            TextColumn("{task.fields[rate]:.2f} it/s"), TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn(),
+            console=console, transient=True,
+        )
+        self.task = None
+
+    def __enter__(self) -> "TrainingDisplay":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, kind: str, info: dict) -> None:
+        if kind == "iteration":
+            fields = {"epoch": info["epoch"], "loss": info["loss"], "rate": info["it_per_s"], "eta": _fmt_eta(info["eta_s"]),
+                      "ema": "-" if info["ema_dice"] is None else f"{info['ema_dice']:.4f}"}
+            if self.task is None:
+                self.task = self.progress.add_task("train", total=info["iters_per_epoch"], **fields)
+            self.progress.update(self.task, completed=info["iteration"], total=info["iters_per_epoch"], **fields)
+        elif kind == "epoch":
+            dice = ", ".join("nan" if d != d else f"{d:.3f}" for d in info["pseudo_dice"])
+            self.console.print(f"epoch {info['epoch']}: val loss {info['val_loss']:.4f}, pseudo-Dice [{dice}], EMA {info['ema_dice']:.4f}")

@@ -1,0 +1,45 @@
+"""progress.png: loss and pseudo-Dice curves, drawn with Pillow (no plotting library needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from autoseg.atomic import atomic_write
+
+WIDTH, HEIGHT, MARGIN = 900, 420, 50
+COLORS = {"train_loss": (31, 119, 180), "val_loss": (255, 127, 14), "pseudo_dice": (150, 150, 150), "ema_dice": (44, 160, 44)}
+
+
+def _polyline(draw: ImageDraw.ImageDraw, values: list[float], lo: float, hi: float, box, color) -> None:
+    x0, y0, x1, y1 = box
+    finite = [(i, v) for i, v in enumerate(values) if np.isfinite(v)]
+    if len(finite) < 1:
+        return
+    n = max(len(values) - 1, 1)
+    span = (hi - lo) or 1.0
+    points = [(x0 + (x1 - x0) * i / n, y1 - (y1 - y0) * (v - lo) / span) for i, v in finite]
+    draw.line(points, fill=color, width=2) if len(points) > 1 else draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2], fill=color)
+
+
+def _panel(draw, history, keys, box, title, fixed_range=None) -> None:
+    values = [v for k in keys for v in history.get(k, []) if np.isfinite(v)]
+    lo, hi = fixed_range or ((min(values), max(values)) if values else (0.0, 1.0))
+    draw.rectangle(box, outline=(0, 0, 0))
+    draw.text((box[0], box[1] - 14), f"{title}  [{lo:.3g} .. {hi:.3g}]", fill=(0, 0, 0))
+    for i, key in enumerate(keys):
+        _polyline(draw, history.get(key, []), lo, hi, box, COLORS[key])
+        draw.text((box[0] + 5 + 110 * i, box[3] + 5), key, fill=COLORS[key])
+
+
+def write_progress_png(path: Path, history: dict[str, list[float]]) -> None:
+    """Two panels over epochs: train/val loss, and pseudo-Dice with its EMA (0..1)."""
+    image = Image.new("RGB", (WIDTH, HEIGHT), "white")
+    draw = ImageDraw.Draw(image)
+    half = WIDTH // 2
+    _panel(draw, history, ("train_loss", "val_loss"), (MARGIN, MARGIN, half - 20, HEIGHT - MARGIN), "loss")
+    _panel(draw, history, ("pseudo_dice", "ema_dice"), (half + 20, MARGIN, WIDTH - MARGIN, HEIGHT - MARGIN), "pseudo-Dice", (0.0, 1.0))
+    draw.text((MARGIN, 10), f"epochs: {len(history.get('train_loss', []))}", fill=(0, 0, 0))
+    with atomic_write(path, suffix=".png") as tmp:
+        image.save(tmp)

@@ -1,0 +1,222 @@
+"""The training loop. One class; epochs of SGD steps, a short patch validation after each, and
+checkpoints that let any run be killed and resumed.
+
+Shapes: data (B, C, *patch); targets, one per deep-supervision output, (B, 1, *patch * scale_i).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from autoseg import schema
+from autoseg.checkpoint import capture_rng, load_checkpoint, model_payload, restore_rng, save_checkpoint
+from autoseg.config import ConfigPlan, Plan, TrainConfig
+from autoseg.errors import ConfigError
+from autoseg.networks import build_network
+from autoseg.registry import TRAINERS
+from autoseg.trainers.curves import write_progress_png
+from autoseg.trainers.data_setup import training_loader, validation_loader
+from autoseg.trainers.loss import DeepSupervisionLoss
+from autoseg.trainers.precision import resolve_precision
+from autoseg.trainers.run_folder import check_resumable, checkpoint_path, write_run_json
+from autoseg.trainers.schedule import poly_lr
+from autoseg.trainers.validation import pseudo_dice
+
+log = logging.getLogger(__name__)
+
+EventCallback = Callable[[str, dict], None]
+EMA_MOMENTUM = 0.9
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    iteration: int = 0  # iterations done in the current epoch
+    elapsed_s: float = 0.0  # time spent training, summed over resumes
+    ema_dice: float | None = None
+    best_ema: float = -1.0
+    epochs_since_best: int = 0
+    history: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ("train_loss", "val_loss", "pseudo_dice", "ema_dice", "lr")})
+
+
+@TRAINERS.register("default")
+class Trainer:
+    def __init__(self, plan: Plan, config: ConfigPlan, options: TrainConfig, preprocessed: Path, run_dir: Path,
+                 train_ids: list[str], val_ids: list[str], on_event: EventCallback | None = None):
+        self.plan, self.config, self.options = plan, config, options
+        self.preprocessed, self.run_dir = Path(preprocessed), Path(run_dir)
+        self.train_ids, self.val_ids = train_ids, val_ids
+        self.on_event = on_event or (lambda kind, info: None)
+        self.plan_hash = schema.content_hash(config)
+        self.precision = resolve_precision(options.precision, options.device)
+        self.batch_size = options.batch_size or config.batch_size
+        if options.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(options.seed)
+        self.model = build_network(config.network).to(self.precision.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=options.lr, momentum=options.momentum,
+                                         weight_decay=options.weight_decay, nesterov=True)
+        self.scaler = self.precision.scaler()
+        self.loss = DeepSupervisionLoss()
+        self.state = TrainState()
+        self._epoch_end_cost_s = 0.0  # last validation + checkpoint time, kept free at the end of a budget
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: bool = False) -> TrainState:
+        if resume:
+            self._restore()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_json(self.run_dir, self.options, self.plan_hash, self.train_ids, self.val_ids, "running")
+        self._clock_start, self._elapsed_at_start = time.monotonic(), self.state.elapsed_s
+        val_workers = min(1, self.options.workers)
+        self.val_loader = validation_loader(self.config, self.preprocessed, self.val_ids, self.batch_size, 0.33, val_workers, self.options.seed + 1)
+        try:
+            while not self._finished():
+                self._train_epoch()
+                self._end_epoch()
+        except KeyboardInterrupt:
+            self._save("latest")
+            write_run_json(self.run_dir, self.options, self.plan_hash, self.train_ids, self.val_ids, "interrupted", **self._summary())
+            log.info("interrupted: saved %s; continue with --resume", checkpoint_path(self.run_dir, "latest"))
+            raise
+        finally:
+            self.val_loader.close()
+        self._save("final")
+        write_run_json(self.run_dir, self.options, self.plan_hash, self.train_ids, self.val_ids, "finished", **self._summary())
+        return self.state
+
+    def _train_epoch(self) -> None:
+        self.model.train()
+        losses, started = [], time.monotonic()
+        with self._epoch_loader() as loader:
+            while self.state.iteration < self.options.iters_per_epoch and not self._out_of_time():
+                batch = next(loader)
+                self._set_lr()
+                losses.append(self._train_step(batch["data"], batch["target"]))
+                self.state.iteration += 1
+                self._update_elapsed()
+                self.on_event("iteration", self._progress_info(losses, started))
+        self.state.history["train_loss"].append(float(np.mean(losses)) if losses else float("nan"))
+
+    def _train_step(self, data: torch.Tensor, targets: list[torch.Tensor]) -> float:
+        device = self.precision.device
+        data, targets = data.to(device, non_blocking=True), [t.to(device, non_blocking=True) for t in targets]
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.precision.autocast():
+            loss = self.loss(self.model(data), targets)
+        # With fp32/bf16 the scaler is disabled and these calls reduce to backward() and step().
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    def _end_epoch(self) -> None:
+        started = time.monotonic()
+        val_loss, dice = pseudo_dice(self.model, self.val_loader, self.options.val_iters, self.loss, self.precision, len(self.plan.labels))
+        s = self.state
+        mean_dice = float(np.nanmean(dice)) if np.isfinite(dice).any() else 0.0
+        s.ema_dice = mean_dice if s.ema_dice is None else EMA_MOMENTUM * s.ema_dice + (1 - EMA_MOMENTUM) * mean_dice
+        for key, value in (("val_loss", val_loss), ("pseudo_dice", mean_dice), ("ema_dice", s.ema_dice), ("lr", self.optimizer.param_groups[0]["lr"])):
+            s.history[key].append(float(value))
+        s.epoch, s.iteration = s.epoch + 1, 0
+        if s.ema_dice > s.best_ema:
+            s.best_ema, s.epochs_since_best = s.ema_dice, 0
+            self._save("best")
+        else:
+            s.epochs_since_best += 1
+        if s.epoch % self.options.checkpoint_every == 0:
+            self._save("latest")
+        write_progress_png(self.run_dir / "progress.png", s.history)
+        log.info("epoch %d: train loss %.4f, val loss %.4f, pseudo-Dice %s (EMA %.4f)", s.epoch,
+                 s.history["train_loss"][-1], val_loss, np.round(dice, 4).tolist(), s.ema_dice)
+        self.on_event("epoch", {"epoch": s.epoch, "pseudo_dice": dice.tolist(), "ema_dice": s.ema_dice, "val_loss": val_loss})
+        self._update_elapsed()
+        self._epoch_end_cost_s = time.monotonic() - started
+
+    # ------------------------------------------------------------------ time and schedule
+    def _update_elapsed(self) -> None:
+        self.state.elapsed_s = self._elapsed_at_start + time.monotonic() - self._clock_start
+
+    def _fraction_done(self) -> float:
+        """Iterations done over all iterations or, with a budget, elapsed time (plus the time the
+        last validation and checkpoint took, kept free so the run ends on time) over the budget."""
+        o, s = self.options, self.state
+        by_iterations = (s.epoch * o.iters_per_epoch + s.iteration) / (o.epochs * o.iters_per_epoch)
+        by_time = (s.elapsed_s + self._epoch_end_cost_s) / o.time_budget_s if o.time_budget_s else 0.0
+        return min(max(by_iterations, by_time), 1.0)
+
+    def _set_lr(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = poly_lr(self.options.lr, self._fraction_done())
+
+    def _out_of_time(self) -> bool:
+        return bool(self.options.time_budget_s) and self._fraction_done() >= 1.0
+
+    def _finished(self) -> bool:
+        o, s = self.options, self.state
+        early = o.early_stop is not None and s.epochs_since_best >= o.early_stop
+        if early:
+            log.info("early stop: no better EMA pseudo-Dice for %d epochs", s.epochs_since_best)
+        return s.epoch >= o.epochs or self._out_of_time() or early
+
+    def _progress_info(self, losses: list[float], started: float) -> dict:
+        o, s = self.options, self.state
+        rate = s.iteration / max(time.monotonic() - started, 1e-9)
+        done = self._fraction_done()
+        remaining = o.time_budget_s - s.elapsed_s if o.time_budget_s else ((o.epochs - s.epoch) * o.iters_per_epoch - s.iteration) / max(rate, 1e-9)
+        return {"epoch": s.epoch, "iteration": s.iteration, "iters_per_epoch": o.iters_per_epoch, "loss": losses[-1],
+                "it_per_s": rate, "eta_s": max(remaining, 0.0), "fraction_done": done, "ema_dice": s.ema_dice}
+
+    # ------------------------------------------------------------------ data
+    def _epoch_loader(self):
+        """A fresh batch stream per epoch, seeded by (seed, epoch): a resumed run sees the same batches.
+        Resuming mid-epoch replays the skipped batches in --deterministic mode, else reseeds."""
+        o, s = self.options, self.state
+        skip = s.iteration if o.deterministic else 0
+        seed = int(np.random.SeedSequence([o.seed, s.epoch, 0 if o.deterministic else s.iteration]).generate_state(1)[0] % 2**31)
+        loader = training_loader(self.config, self.preprocessed, self.train_ids, self.batch_size, o.oversample_foreground, o.workers, seed)
+        for _ in range(skip):
+            next(loader)
+        return loader
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(self, kind: str) -> None:
+        payload = model_payload(self.model, self.config, self.plan.labels, self.plan.channel_names, self.plan.dataset_name)
+        payload["training"] = {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "state": asdict(self.state),
+            "rng": capture_rng(),
+            "train_config": schema.to_dict(self.options),
+            "plan_hash": self.plan_hash,
+        }
+        save_checkpoint(checkpoint_path(self.run_dir, kind), payload)
+
+    def _restore(self) -> None:
+        path = checkpoint_path(self.run_dir, "latest")
+        if not path.is_file():
+            if checkpoint_path(self.run_dir, "final").is_file():
+                raise ConfigError(f"{self.run_dir}: this run already finished; nothing to resume (start a new run folder to retrain)")
+            raise ConfigError(f"{path}: no checkpoint to resume from; start without --resume")
+        payload = load_checkpoint(path, map_location=self.precision.device)
+        training = payload["training"]
+        check_resumable(training["train_config"], self.options, training["plan_hash"], self.plan_hash, path)
+        self.model.load_state_dict(payload["model_state"])
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.scaler.load_state_dict(training["scaler"])
+        self.state = TrainState(**training["state"])
+        restore_rng(training["rng"])
+        log.info("resumed from %s at epoch %d, iteration %d", path, self.state.epoch, self.state.iteration)
+
+    def _summary(self) -> dict:
+        s = self.state
+        return {"epochs_done": s.epoch, "elapsed_s": round(s.elapsed_s, 1), "best_ema_pseudo_dice": s.best_ema,
+                "last_pseudo_dice": s.history["pseudo_dice"][-1] if s.history["pseudo_dice"] else None}
