@@ -19,8 +19,13 @@ log = logging.getLogger(__name__)
 def validate(dataset_dir: str | Path, workers: int = 2, progress: ProgressFactory | None = None) -> Dataset:
     """Check a dataset folder; raises DatasetError listing every problem."""
     from autoseg.dataset import load_dataset
+    from autoseg.errors import DatasetError
 
-    total = len(load_dataset(dataset_dir).cases)
+    try:
+        found = load_dataset(dataset_dir)
+        total = len(found.cases) + len(found.test_cases)
+    except DatasetError:
+        total = 0  # structural problems: validate_dataset reports them together with the rest
     return validate_dataset(dataset_dir, workers=workers, progress=task(progress, "Validating", total))
 
 
@@ -109,7 +114,7 @@ def train(
     from autoseg.dataset import load_dataset
     from autoseg.registry import TRAINERS
     from autoseg.trainers.run_folder import run_log
-    from autoseg.trainers.splits import cases_for_fold, group_ids, load_or_create_splits
+    from autoseg.trainers.splits import fold_cases
 
     import autoseg.trainers  # noqa: F401  (registers trainers)
 
@@ -118,10 +123,7 @@ def train(
     workers = options.get("workers", 2)
     folder = preprocess(dataset_dir, config, wd.root, workers=workers, progress=progress)
     decided = load_or_make_plan(dataset, wd, workers, progress)
-    case_ids = [c.case_id for c in dataset.cases]
-    splits = load_or_create_splits(case_ids, dataset.splits_file, wd.splits_path(dataset.name),
-                                   groups=group_ids(case_ids, dataset.groups, None) if dataset.groups else None)
-    train_ids, val_ids = cases_for_fold(splits, str(fold), case_ids)
+    train_ids, val_ids = fold_cases(dataset, wd.splits_path(dataset.name), str(fold))
     train_config = TrainConfig(dataset_name=dataset.name, config=config, fold=str(fold), **options)
     run = Path(run_dir) if run_dir else wd.run_dir(dataset.name, config, fold)
     trainer_cls = TRAINERS.get(train_config.trainer)

@@ -11,7 +11,8 @@ def _fmt_eta(seconds: float) -> str:
 
 
 class TrainingDisplay:
-    """Epoch, iteration, loss, pseudo-Dice, it/s and ETA on one live line; a line per finished epoch."""
+    """Epoch, iteration, loss, EMA pseudo-Dice, it/s and ETA on one live line (epoch summaries come
+    through the log)."""
 
     def __init__(self, console: Console):
         self.console = console
@@ -37,6 +38,3 @@ class TrainingDisplay:
             if self.task is None:
                 self.task = self.progress.add_task("train", total=info["iters_per_epoch"], **fields)
             self.progress.update(self.task, completed=info["iteration"], total=info["iters_per_epoch"], **fields)
-        elif kind == "epoch":
-            dice = ", ".join("nan" if d != d else f"{d:.3f}" for d in info["pseudo_dice"])
-            self.console.print(f"epoch {info['epoch']}: val loss {info['val_loss']:.4f}, pseudo-Dice [{dice}], EMA {info['ema_dice']:.4f}")

@@ -78,3 +78,13 @@ def cases_for_fold(splits: list[Split], fold: str, case_ids: list[str]) -> tuple
         raise ConfigError(f"fold '{fold}' does not exist; this dataset has folds 0-{len(splits) - 1} and 'all'")
     split = splits[int(fold)]
     return sorted(split["train"]), sorted(split["val"])
+
+
+def fold_cases(dataset, splits_path: Path, fold: str, num_folds: int = 5, group_by: str | None = None) -> tuple[list[str], list[str]]:
+    """(train, val) case ids of `fold` for a Dataset; 'all' needs no splits."""
+    case_ids = [c.case_id for c in dataset.cases]
+    if fold == "all":
+        return cases_for_fold([], fold, case_ids)
+    groups = group_ids(case_ids, dataset.groups, group_by) if (dataset.groups or group_by) else None
+    splits = load_or_create_splits(case_ids, dataset.splits_file, splits_path, num_folds=num_folds, groups=groups)
+    return cases_for_fold(splits, fold, case_ids)
