@@ -234,3 +234,31 @@ def write_image(path: str | Path, array: np.ndarray, geometry: Geometry, compres
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
         raise ImageIOError(f"{path}: could not be written ({reason})") from None
     return path
+
+
+# ---------------------------------------------------------------- in-memory SimpleITK images (Python API)
+def array_from_sitk(image: sitk.Image) -> tuple[np.ndarray, Geometry]:
+    """An in-memory SimpleITK image as (C, *spatial) and its geometry, with `read_image`'s conventions."""
+    if image.GetDimension() == 4:
+        return _split_4d(image)
+    array = sitk.GetArrayFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        return np.moveaxis(array, -1, 0), Geometry.of(image)
+    return array[None], Geometry.of(image)
+
+
+def sitk_from_array(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """A SimpleITK image of `array` ((*spatial) or (C, *spatial)) placed exactly by `geometry`."""
+    where = Path("<in-memory image>")
+    return _to_sitk(_ensure_writable_dtype(np.asarray(array), "", where), geometry, where)
+
+
+def is_dicom_folder(folder: str | Path) -> bool:
+    """True when `folder` holds at least one DICOM series (GDCM reads the headers only)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError:
+        return False

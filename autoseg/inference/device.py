@@ -1,0 +1,43 @@
+"""Device and precision choice for prediction (inference never imports the trainers' resolver).
+
+Precision is returned as the name `sliding_window_predict` understands: "fp32", "bf16" or "fp16".
+"""
+from __future__ import annotations
+
+import torch
+
+from autoseg.errors import ConfigError
+
+PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_inference_device(name: str | torch.device = "auto") -> torch.device:
+    """auto: the CUDA GPU when there is one, else the CPU; otherwise check that `name` exists."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device '{name}' is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' was asked for but no CUDA GPU is available; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{name}': only {torch.cuda.device_count()} CUDA device(s) present; use cuda:0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device '{name}' was asked for but MPS is not available; use --device cpu")
+    return device
+
+
+def resolve_inference_precision(precision: str, device: torch.device) -> str:
+    """auto: bf16 on CUDA GPUs that support it (fp16 on older ones), fp32 elsewhere."""
+    if precision not in PRECISION_NAMES:
+        raise ConfigError(f"precision '{precision}' is unknown; use one of {', '.join(PRECISION_NAMES)}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("precision fp16 is not supported on the CPU; use fp32 or bf16")
+    return precision

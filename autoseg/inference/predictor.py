@@ -1,0 +1,289 @@
+"""Predict label maps for new images with a trained ensemble; outputs keep the input's geometry.
+
+Per case: preprocess exactly as in training (crop, normalize, resample; `preprocess_case`) ->
+sliding window per ensemble member (mirror TTA over the plan's axes) -> softmax of each member's
+averaged logits, averaged over members -> back to the original grid (`restore_original`) ->
+argmax to label values -> optional largest-component clean-up -> written with the input's exact
+spacing, origin and direction.
+
+Folders are predicted case by case; while case i+1 runs through the network, case i is restored
+and written by one background thread (the network and the resampling/writing then overlap).
+Every case is checked (headers, channel count, output ending) before the first output is written.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from autoseg import io
+from autoseg.atomic import atomic_write
+from autoseg.errors import ConfigError
+from autoseg.inference.device import resolve_inference_device, resolve_inference_precision
+from autoseg.inference.ensemble import Ensemble, Member, load_models
+from autoseg.inference.inputs import CaseInput, channel_count_message, check_case_headers, discover_cases
+from autoseg.inference.sliding_window import predict_slices, sliding_window_predict
+from autoseg.postprocessing import keep_largest_component
+from autoseg.preprocessing import preprocess_case, restore_original
+from autoseg.progress import ProgressFactory, task
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Predictor", "predict", "load_models", "resolve_inference_device", "resolve_inference_precision",
+           "probabilities_path"]
+
+
+@dataclass
+class Inferred:
+    """Ensemble probabilities on the preprocessed grid, plus what is needed to restore them."""
+
+    probabilities: np.ndarray  # (K, *resampled) float32
+    properties: dict[str, Any]  # from preprocess_case
+
+
+def probabilities_path(output_path: Path) -> Path:
+    """<case>.npz beside the label file <case><ending>."""
+    ending = io.file_ending(output_path)
+    return output_path.with_name(output_path.name[: len(output_path.name) - len(ending)] + ".npz")
+
+
+class Predictor:
+    """Runs an ensemble on arrays, files and folders. Options are fixed at construction.
+
+    keep_largest: False, True (every foreground class) or the label values whose largest
+    connected component alone is kept; applies to the label map, not to the probabilities.
+    """
+
+    def __init__(self, ensemble: Ensemble, device: str | torch.device = "auto", precision: str = "auto",
+                 tta: bool = True, step_fraction: float = 0.5, tile_batch_size: int | None = None,
+                 keep_largest: bool | Sequence[int] = False):
+        if not 0 < step_fraction <= 1:
+            raise ConfigError(f"step_fraction must be in (0, 1] (0.5 = tiles overlap by half), found {step_fraction}")
+        if tile_batch_size is not None and tile_batch_size < 1:
+            raise ConfigError(f"tile_batch_size must be at least 1 (or None for the default), found {tile_batch_size}")
+        self.device = resolve_inference_device(device)
+        self.precision = resolve_inference_precision(precision, self.device)
+        self.ensemble = ensemble.to(self.device)
+        self.tta, self.step_fraction, self.tile_batch_size = tta, step_fraction, tile_batch_size
+        self.keep_largest = keep_largest
+
+    # ------------------------------------------------------------------ arrays
+    def predict_array(self, image: np.ndarray, geometry: io.Geometry, case_id: str = "case") -> tuple[np.ndarray, np.ndarray]:
+        """image (C, *spatial) -> (label (*spatial) uint8/int16, probabilities (K, *spatial) float32)."""
+        return self.finish(self.infer(image, geometry, case_id))
+
+    def infer(self, image: np.ndarray, geometry: io.Geometry, case_id: str = "case") -> Inferred:
+        """The network part: preprocess, run every member, average their softmax probabilities."""
+        self._check_image(image, geometry, case_id)
+        data, _, properties = preprocess_case(np.asarray(image, dtype=np.float32), geometry, None,
+                                              self.ensemble.config, case_id)
+        tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+        total: torch.Tensor | None = None
+        for member in self.ensemble.members:
+            probabilities = torch.softmax(self._member_logits(member, tensor), dim=0)
+            total = probabilities if total is None else total.add_(probabilities)
+        total /= len(self.ensemble.members)
+        return Inferred(total.numpy(), properties)
+
+    def finish(self, inferred: Inferred) -> tuple[np.ndarray, np.ndarray]:
+        """The CPU part: restore to the original grid, then argmax and post-processing."""
+        probabilities = restore_original(inferred.probabilities, inferred.properties, self.ensemble.config)
+        return self._labels(probabilities), probabilities
+
+    def _member_logits(self, member: Member, data: torch.Tensor) -> torch.Tensor:
+        config = member.config
+        options: dict[str, Any] = {"step_fraction": self.step_fraction, "device": self.device,
+                                   "precision": self.precision,
+                                   "mirror_axes": tuple(config.mirror_axes) if self.tta else ()}
+        if self.tile_batch_size is not None:
+            options["tile_batch_size"] = self.tile_batch_size
+        args = (member.model, data, config.patch_size, config.network.num_classes)
+        if config.network.ndim == data.ndim - 1:
+            return sliding_window_predict(*args, **options)
+        return predict_slices(*args, **options)  # a 2D network on a 3D volume, slice by slice
+
+    def _labels(self, probabilities: np.ndarray) -> np.ndarray:
+        values = np.asarray(self.ensemble.label_values)
+        dtype = np.uint8 if values.max() < 256 else np.int16
+        label = values.astype(dtype)[np.argmax(probabilities, axis=0)]
+        if self.keep_largest is False:
+            return label
+        classes = None if self.keep_largest is True else list(self.keep_largest)
+        return keep_largest_component(label, classes)
+
+    def _check_image(self, image: np.ndarray, geometry: io.Geometry, case_id: str) -> None:
+        expected = self.ensemble.in_channels
+        if image.ndim != geometry.ndim + 1:
+            raise ConfigError(f"case '{case_id}': image of shape {image.shape} does not match its {geometry.ndim}D "
+                              "geometry; expected (channels, *spatial)")
+        if image.shape[0] != expected:
+            raise ConfigError(f"case '{case_id}': the model expects {expected} input channel(s), found "
+                              f"{image.shape[0]} (image shape {image.shape}, channels first)")
+        network_ndim = self.ensemble.config.network.ndim
+        if network_ndim > geometry.ndim:
+            raise ConfigError(f"case '{case_id}': a {network_ndim}D model cannot predict a {geometry.ndim}D image; "
+                              f"use a model trained on {geometry.ndim}D images")
+
+    # ------------------------------------------------------------------ files
+    def predict_file(self, inputs: Sequence[str | Path] | str | Path, output_path: str | Path,
+                     save_probabilities: bool = False) -> Path:
+        """Predict one case (one file per channel, or one colour/4D file) and write its label map."""
+        files = tuple(Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs))
+        output_path = Path(output_path)
+        _refuse_overwriting(files, [output_path, probabilities_path(output_path)] if save_probabilities else [output_path])
+        ending = io.file_ending(output_path)
+        case = CaseInput(output_path.name[: len(output_path.name) - len(ending)], files, ending)
+        self._check_case(case, output_path)
+        image, geometry = self._read_case(case)
+        return self._write(self.infer(image, geometry, case.case_id), geometry, output_path, save_probabilities)
+
+    def _check_case(self, case: CaseInput, output_path: Path) -> None:
+        """Everything checkable from headers: readable, channel count, an ending that can hold the result."""
+        shape = check_case_headers(case, self.ensemble.in_channels)
+        ending = io.file_ending(output_path)
+        if ending not in io.IMAGE_ENDINGS:
+            raise ConfigError(f"{output_path}: unsupported output ending '{ending}'; use one of {', '.join(io.IMAGE_ENDINGS)}")
+        if shape is not None and ending in io.PLAIN_2D_ENDINGS and len(shape) != 2:
+            raise ConfigError(f"{output_path}: {ending} holds 2D images only but case '{case.case_id}' is "
+                              f"{len(shape)}D; use .nii.gz")
+
+    def _read_case(self, case: CaseInput) -> tuple[np.ndarray, io.Geometry]:
+        """All channels as (C, *spatial), with the first channel's geometry."""
+        arrays, geometries = zip(*(io.read_image(path) for path in case.files))
+        if len({a.shape[1:] for a in arrays}) > 1:
+            shapes = ", ".join(f"{p.name} {a.shape[1:]}" for p, a in zip(case.files, arrays))
+            raise ConfigError(f"case '{case.case_id}': channel files have different shapes ({shapes}); "
+                              "all channels of a case must share one grid")
+        image = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+        if image.shape[0] != self.ensemble.in_channels:
+            raise ConfigError(channel_count_message(case.case_id, case.files, self.ensemble.in_channels, image.shape[0]))
+        return image, geometries[0]
+
+    def _write(self, inferred: Inferred, geometry: io.Geometry, output_path: Path, save_probabilities: bool) -> Path:
+        """Restore and write one case; the label map goes last, so its presence means the case is done."""
+        label, probabilities = self.finish(inferred)
+        if save_probabilities:
+            self._write_probabilities(probabilities_path(output_path), probabilities)
+        io.write_image(output_path, label, geometry)
+        log.info("wrote %s", output_path)
+        return output_path
+
+    def _write_probabilities(self, path: Path, probabilities: np.ndarray) -> None:
+        # np.savez would append .npz to a temp name lacking it, so write through a file object
+        with atomic_write(path) as tmp, open(tmp, "wb") as stream:
+            np.savez_compressed(stream, probabilities=probabilities.astype(np.float16),
+                                label_names=np.array(self.ensemble.label_names),
+                                label_values=np.array(self.ensemble.label_values, dtype=np.int32))
+
+    # ------------------------------------------------------------------ folders
+    def predict_folder(self, input_dir_or_files: str | Path | Sequence[str | Path], output_dir: str | Path,
+                       save_probabilities: bool = False, skip_existing: bool = False,
+                       progress: ProgressFactory | None = None, output_ending: str | None = None) -> list[Path]:
+        """Predict every case of a folder (nnU-Net naming, plain files, DICOM series) or a file list.
+
+        Writes output_dir/<case><ending> (the input's ending unless `output_ending`; DICOM gives
+        .nii.gz). skip_existing: leave cases whose output exists. Returns the paths written.
+        """
+        output_dir = Path(output_dir)
+        cases = discover_cases(input_dir_or_files)
+        _refuse_input_folder(input_dir_or_files, cases, output_dir)
+        targets = {c.case_id: output_dir / c.output_name(output_ending) for c in cases}
+        todo = [c for c in cases if not (skip_existing and _done(targets[c.case_id], save_probabilities))]
+        if len(todo) < len(cases):
+            log.info("skipping %d case(s) whose output exists in %s", len(cases) - len(todo), output_dir)
+        for case in todo:  # fail before writing anything
+            self._check_case(case, targets[case.case_id])
+        advance = task(progress, "Predicting", len(cases))
+        advance(len(cases) - len(todo))
+        return self._run_cases(todo, targets, save_probabilities, advance)
+
+    def _run_cases(self, cases: list[CaseInput], targets: dict[str, Path], save_probabilities: bool, advance) -> list[Path]:
+        written: list[Path] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoseg-writer") as writer:
+            pending: Future | None = None
+            for case in cases:
+                image, geometry = self._read_case(case)
+                inferred = self.infer(image, geometry, case.case_id)
+                del image  # the writer needs only the geometry
+                if pending is not None:
+                    written.append(pending.result())  # a writer error surfaces here
+                    advance(1)
+                pending = writer.submit(self._write, inferred, geometry, targets[case.case_id], save_probabilities)
+            if pending is not None:
+                written.append(pending.result())
+                advance(1)
+        return written
+
+
+def _done(output_path: Path, save_probabilities: bool) -> bool:
+    return output_path.is_file() and (not save_probabilities or probabilities_path(output_path).is_file())
+
+
+def _refuse_overwriting(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
+    sources = {p.resolve() for p in inputs}
+    for output in outputs:
+        if output.resolve() in sources:
+            raise ConfigError(f"{output}: is one of the input files; predictions never overwrite inputs; "
+                              "choose another output path")
+
+
+def _refuse_input_folder(source: str | Path | Sequence[str | Path], cases: list[CaseInput], output_dir: Path) -> None:
+    """Outputs never go into a folder holding inputs: a case's output could replace an input file."""
+    out = output_dir.resolve()
+    forbidden = set().union(*(c.input_folders for c in cases))
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        forbidden.add(Path(source).resolve())
+    dicom_folders = [f.resolve() for c in cases for f in c.files if f.is_dir()]
+    if out in forbidden or any(out.is_relative_to(d) for d in dicom_folders):
+        raise ConfigError(f"{output_dir}: this folder holds input images; predictions are never written next to "
+                          "their inputs (they could overwrite them); choose another output folder")
+
+
+# ---------------------------------------------------------------------- in-memory API
+def predict(image: Any, models: Predictor | Ensemble | str | Path | Sequence[str | Path],
+            spacing: Sequence[float] | None = None, **options: Any) -> Any:
+    """Predict one image in memory.
+
+    image: a numpy array (*spatial) or (C, *spatial) with `spacing` in numpy order (a 2D
+    single-channel array may omit it: 1.0 per pixel, as for PNGs) -> a numpy label array; or a
+    SimpleITK image -> a SimpleITK label image with the same geometry. models: run folders or
+    checkpoints (loaded on each call), an Ensemble, or a Predictor. options: Predictor's.
+    """
+    predictor = _as_predictor(models, options)
+    if hasattr(image, "GetSpacing"):
+        if spacing is not None:
+            raise ConfigError("spacing was given for a SimpleITK image, which carries its own; leave spacing out")
+        array, geometry = io.array_from_sitk(image)
+        return io.sitk_from_array(predictor.predict_array(array, geometry)[0], geometry)
+    array, geometry = _array_and_geometry(np.asarray(image), spacing)
+    return predictor.predict_array(array, geometry)[0]
+
+
+def _as_predictor(models: Any, options: dict[str, Any]) -> Predictor:
+    if isinstance(models, Predictor):
+        if options:
+            raise ConfigError(f"options {sorted(options)} cannot change an existing Predictor; pass them when creating it")
+        return models
+    ensemble = models if isinstance(models, Ensemble) else load_models(models, options.get("device", "auto"))
+    return Predictor(ensemble, **options)
+
+
+def _array_and_geometry(array: np.ndarray, spacing: Sequence[float] | None) -> tuple[np.ndarray, io.Geometry]:
+    if spacing is None:
+        if array.ndim != 2:
+            raise ConfigError(f"an array of shape {array.shape} needs spacing (numpy order) to say which axes are "
+                              "spatial: spacing=(sz, sy, sx) for a volume, (sy, sx) for a 2D image with channels")
+        spacing = (1.0, 1.0)
+    ndim = len(spacing)
+    if array.ndim not in (ndim, ndim + 1) or ndim not in (2, 3):
+        raise ConfigError(f"an array of shape {array.shape} does not fit spacing {tuple(spacing)}; expected "
+                          f"(*spatial) or (channels, *spatial) with {ndim} spatial axes")
+    if any(float(s) <= 0 for s in spacing):
+        raise ConfigError(f"spacing must be positive, found {tuple(spacing)}")
+    image = array[None] if array.ndim == ndim else array
+    return image, io.Geometry.default(ndim, tuple(float(s) for s in spacing))
