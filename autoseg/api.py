@@ -58,11 +58,12 @@ def plan(
     return decided, path
 
 
-def example(name: str, out_dir: str | Path, cases: int | None = None, seed: int = 0) -> Path:
-    """Write a synthetic phantom dataset for one of the five clinical tasks."""
+def example(name: str, out_dir: str | Path, cases: int | None = None, seed: int = 0, overwrite: bool = False, **size_options) -> Path:
+    """Write a synthetic phantom dataset for one of the five clinical tasks; returns its folder.
+    `size_options`: `scale` (all phantoms: finer grid, same anatomy) and phantom-specific ones."""
     from autoseg.phantoms import write_example
 
-    return write_example(name, out_dir, cases=cases, seed=seed)
+    return write_example(name, out_dir, cases=cases, seed=seed, overwrite=overwrite, **size_options)
 
 
 def load_or_make_plan(dataset: Dataset, workdir: Workdir, workers: int, progress: ProgressFactory | None) -> Plan:
@@ -131,3 +132,56 @@ def train(
         trainer = trainer_cls(decided, decided.config(config), train_config, folder, run, train_ids, val_ids, on_event)
         trainer.fit(resume=resume)
     return run
+
+
+def resolve_models(models: Sequence[str | Path] = (), dataset: str | None = None, config: str | None = None,
+                   folds: Sequence[str] = (), workdir: str | Path | None = None) -> list[Path]:
+    """Run folders or checkpoint files given directly, or found in the workdir by dataset/config/folds."""
+    from autoseg.errors import ConfigError
+
+    paths = [Path(m) for m in models]
+    if dataset or config:
+        if not (dataset and config):
+            raise ConfigError("give both --dataset and --config to find trained runs in the workdir")
+        wd = Workdir.at(workdir)
+        paths += [wd.run_dir(dataset, config, f) for f in (folds or ("all",))]
+    if not paths:
+        raise ConfigError("no model given: pass --model RUN_FOLDER (repeatable) or --dataset NAME --config CONFIG [--folds 0,1]")
+    return paths
+
+
+def predict_folder(
+    inputs: str | Path | Sequence[str | Path],
+    output_dir: str | Path,
+    models: Sequence[str | Path],
+    save_probabilities: bool = False,
+    skip_existing: bool = False,
+    tta: bool = True,
+    step_fraction: float = 0.5,
+    device: str = "auto",
+    precision: str = "auto",
+    keep_largest: bool = False,
+    progress: ProgressFactory | None = None,
+) -> list[Path]:
+    """Predict every case of a folder (nnU-Net naming), a list of files, or DICOM series folders."""
+    from autoseg.inference.predictor import Predictor, load_models, resolve_inference_device
+
+    resolved = resolve_inference_device(device)
+    predictor = Predictor(load_models(models, resolved), resolved, precision, tta, step_fraction, keep_largest=keep_largest)
+    return predictor.predict_folder(inputs, output_dir, save_probabilities, skip_existing, progress)
+
+
+def predict(image, models, spacing=None, **options):
+    """Predict one in-memory image: a SimpleITK image (returns a label image with its geometry) or a
+    numpy array (*spatial) / (C, *spatial) with `spacing` in numpy order (returns a label array)."""
+    from autoseg.inference.predictor import predict as predict_image
+
+    return predict_image(image, models, spacing=spacing, **options)
+
+
+def evaluate(pred_dir: str | Path, ref_dir: str | Path, overlays: int = 0, images_dir: str | Path | None = None,
+             workers: int = 2, progress: ProgressFactory | None = None):
+    """Score predictions against references; writes summary.json and summary.csv into pred_dir."""
+    from autoseg.evaluation import evaluate_folders
+
+    return evaluate_folders(pred_dir, ref_dir, workers=workers, progress=progress, overlays=overlays, images_dir=images_dir)

@@ -93,12 +93,15 @@ def example(
     out_dir: Path = typer.Argument(..., help="Folder to create the dataset in"),
     cases: Optional[int] = typer.Option(None, "--cases", help="Number of cases [default: the phantom's own]"),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same data)"),
+    scale: Optional[float] = typer.Option(None, "--scale", help="Grid refinement (e.g. 2.5 gives clinical CT spacing); anatomy stays the same"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing phantom dataset in OUT_DIR"),
 ) -> None:
     """Generate a synthetic phantom dataset for one of the five clinical tasks."""
     from autoseg import api
 
+    size = {"scale": scale} if scale is not None else {}
     with _user_errors():
-        path = api.example(name, out_dir, cases=cases, seed=seed)
+        path = api.example(name, out_dir, cases=cases, seed=seed, overwrite=overwrite, **size)
     out.print(f"wrote [bold]{path}[/]")
 
 
@@ -154,3 +157,57 @@ def train(
                 deterministic=deterministic, seed=seed, workers=workers,
             )
     out.print(f"run folder: [bold]{run}[/] (checkpoints, run.json, progress.png, train.log)")
+
+
+def _split_folds(folds: Optional[str]) -> list[str]:
+    return [f.strip() for f in folds.split(",") if f.strip()] if folds else []
+
+
+@app.command()
+def predict(
+    inputs: List[Path] = typer.Option(..., "--input", "-i", help="Folder (nnU-Net naming), image files, or DICOM series folders"),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder (never the input folder)"),
+    model: Optional[List[Path]] = typer.Option(None, "--model", "-m", help="Run folder or checkpoint; repeat for an ensemble"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Find runs in the workdir: dataset name"),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="... and configuration"),
+    folds: Optional[str] = typer.Option(None, "--folds", "-f", help="... and folds, e.g. 0,1,2 [default: all]"),
+    workdir: Optional[Path] = WorkdirOption,
+    save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write <case>.npz with class probabilities"),
+    resume: bool = typer.Option(False, "--continue", help="Skip cases whose output exists"),
+    tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirror test-time augmentation"),
+    step: float = typer.Option(0.5, "--step", help="Tile step as a fraction of the patch"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16"),
+    keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest component of each class"),
+) -> None:
+    """Predict label maps that carry each input's exact geometry."""
+    from autoseg import api
+
+    with _user_errors():
+        models = api.resolve_models(model or [], dataset, config, _split_folds(folds), workdir)
+        source = inputs[0] if len(inputs) == 1 and inputs[0].is_dir() else inputs
+        with _progress() as progress:
+            written = api.predict_folder(source, output, models, save_probabilities, resume, tta, step, device, precision, keep_largest, progress)
+    out.print(f"wrote {len(written)} prediction(s) to [bold]{output}[/]")
+
+
+@app.command()
+def evaluate(
+    pred_dir: Path = typer.Argument(..., help="Folder of predicted label maps"),
+    ref_dir: Path = typer.Argument(..., help="Folder of reference label maps (e.g. labelsTr)"),
+    overlays: int = typer.Option(0, "--overlays", help="Write overlay PNGs for this many (worst) cases"),
+    images_dir: Optional[Path] = typer.Option(None, "--images", help="Images for overlays [default: imagesTr beside ref_dir]"),
+    workers: int = WorkersOption,
+) -> None:
+    """Dice, IoU, precision, recall, HD95 and ASSD per case and class; writes summary.json/.csv."""
+    from autoseg import api
+    from autoseg.render import evaluation_table
+
+    if overlays and images_dir is None and (ref_dir.parent / "imagesTr").is_dir():
+        images_dir = ref_dir.parent / "imagesTr"
+    with _user_errors(), _progress() as progress:
+        summary = api.evaluate(pred_dir, ref_dir, overlays, images_dir, workers, progress)
+    out.print(evaluation_table(summary))
+    out.print(f"summary: [bold]{summary.summary_json}[/], [bold]{summary.summary_csv}[/]")
+    if summary.overlays:
+        out.print(f"overlays: [bold]{summary.overlays[0].parent}[/]")

@@ -29,3 +29,18 @@ def plan_table(plan: Plan) -> Table:
             f"{cfg.estimated_memory_gb:.1f} GB",
         )
     return table
+
+
+def evaluation_table(summary) -> Table:
+    """Mean metrics per class (cases with an empty reference are excluded from the means)."""
+    table = Table(title=f"mean foreground Dice {summary.mean_foreground_dice:.4f}")
+    metrics = ("dice", "iou", "precision", "recall", "hd95", "assd")
+    for column in ("class", *metrics):
+        table.add_column(column, justify="right" if column != "class" else "left")
+    for name, values in summary.mean_per_class.items():
+        table.add_row(name, *(_number(values.get(m)) for m in metrics))
+    return table
+
+
+def _number(value) -> str:
+    return "-" if value is None or value != value else f"{value:.4f}"
