@@ -1,33 +1,31 @@
 """Rich renderings of documents for the CLI (kept out of the library's core modules)."""
 from __future__ import annotations
 
+from rich import box
 from rich.table import Table
 
 from autoseg.config import Plan
 
 
 def _fmt(values, digits: int = 3) -> str:
-    return " x ".join(f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in values)
+    return "x".join(f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in values)
 
 
 def plan_table(plan: Plan) -> Table:
-    table = Table(title=f"{plan.dataset_name}: plan ({plan.gpu_memory_gb:g} GB budget)")
-    for column in ("config", "spacing (mm)", "median shape", "patch", "batch", "stages", "pooling per axis", "normalization", "est. memory"):
-        table.add_column(column)
-    for name, cfg in plan.configurations.items():
+    """One column per configuration, one row per decision (fits a narrow terminal)."""
+    table = Table(title=f"{plan.dataset_name}: plan ({plan.gpu_memory_gb:g} GB budget)", box=box.SIMPLE_HEAD)
+    table.add_column("")
+    for name in plan.configurations:
+        table.add_column(name, no_wrap=True)
+    rows: dict[str, list[str]] = {k: [] for k in ("spacing (mm)", "median shape", "patch", "batch", "stages", "pooling per axis", "normalization", "est. memory")}
+    for cfg in plan.configurations.values():
         pools = [sum(1 for s in cfg.network.strides if s[a] > 1) for a in range(len(cfg.patch_size))]
         norm = ", ".join(sorted({n.scheme + ("+mask" if n.use_mask else "") for n in cfg.normalization}))
-        table.add_row(
-            name,
-            _fmt(cfg.spacing),
-            _fmt(cfg.median_shape),
-            _fmt(cfg.patch_size),
-            str(cfg.batch_size),
-            str(cfg.network.num_stages),
-            _fmt(pools),
-            norm,
-            f"{cfg.estimated_memory_gb:.1f} GB",
-        )
+        for key, value in zip(rows, (_fmt(cfg.spacing), _fmt(cfg.median_shape), _fmt(cfg.patch_size), str(cfg.batch_size),
+                                     str(cfg.network.num_stages), _fmt(pools), norm, f"{cfg.estimated_memory_gb:.1f} GB")):
+            rows[key].append(value)
+    for key, values in rows.items():
+        table.add_row(key, *values)
     return table
 
 
