@@ -1,0 +1,68 @@
+"""A model bundle: what `predict` needs to reproduce a chosen setup, as one small JSON document.
+
+    {"dataset_name": ..., "labels": {...},
+     "members": [{"config": "2d", "checkpoints": ["../2d/fold_0/checkpoint_final.pt", ...]}, ...],
+     "postprocessing": {"keep_largest_foreground": false, "keep_largest_classes": [1, 3]},
+     "cv_mean_foreground_dice": 0.91}
+
+Each member is one configuration's fold ensemble; members' probabilities are averaged on the
+original image grid, then postprocessing runs on the label map. Checkpoint paths are relative to
+the bundle file's folder, so a bundle folder can be moved, zipped and imported elsewhere.
+`best.json` (written by `autoseg find-best`) and an imported model's `model.json` share this format.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoseg import schema
+from autoseg.errors import CheckpointError
+
+BUNDLE_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class Postprocessing:
+    keep_largest_foreground: bool = False  # largest component of the union of all foreground classes
+    keep_largest_classes: tuple[int, ...] = ()  # then, per listed class, its largest component
+
+
+@dataclass(frozen=True)
+class BundleMember:
+    config: str
+    checkpoints: tuple[str, ...]  # relative to the bundle file's folder
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    dataset_name: str
+    labels: dict[str, int]
+    members: tuple[BundleMember, ...]
+    postprocessing: Postprocessing = field(default_factory=Postprocessing)
+    cv_mean_foreground_dice: float | None = None
+    predict_command: str = ""
+    ranking: tuple[dict[str, Any], ...] = ()  # find-best's table, best first
+
+
+def load_bundle(path: str | Path) -> tuple[ModelBundle, Path]:
+    """Read a bundle (file, or folder holding model.json); returns it and the folder its paths are relative to."""
+    path = Path(path)
+    file = path / BUNDLE_FILE if path.is_dir() else path
+    bundle = schema.load_document(ModelBundle, file, CheckpointError)
+    if not bundle.members or any(not m.checkpoints for m in bundle.members):
+        raise CheckpointError(f"{file}: a model bundle needs at least one member with at least one checkpoint")
+    return bundle, file.parent
+
+
+def member_checkpoints(bundle: ModelBundle, base: Path) -> list[list[Path]]:
+    """Absolute checkpoint paths per member; missing files are an error naming them."""
+    resolved = [[(base / c).resolve() for c in m.checkpoints] for m in bundle.members]
+    missing = [str(p) for paths in resolved for p in paths if not p.is_file()]
+    if missing:
+        raise CheckpointError(f"model bundle in {base}: checkpoint(s) missing: {', '.join(missing)}")
+    return resolved
+
+
+def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
+    return schema.write_json_atomic(path, bundle)
