@@ -185,3 +185,39 @@ def evaluate(pred_dir: str | Path, ref_dir: str | Path, overlays: int = 0, image
     from autoseg.evaluation import evaluate_folders
 
     return evaluate_folders(pred_dir, ref_dir, workers=workers, progress=progress, overlays=overlays, images_dir=images_dir)
+
+
+def find_best(dataset: str, workdir: str | Path | None = None, dataset_dir: str | Path | None = None,
+              configs: Sequence[str] | None = None, progress: ProgressFactory | None = None):
+    """Pick the best configuration or pair of configurations from cross-validation, decide
+    postprocessing, and write <workdir>/runs/<dataset>/best.json (a model bundle)."""
+    from autoseg.model_selection import find_best as select
+
+    return select(dataset, workdir, dataset_dir, configs, progress)
+
+
+def ensemble(prediction_dirs: Sequence[str | Path], out_dir: str | Path, postprocessing_from: str | Path | None = None) -> list[Path]:
+    """Average the probabilities saved in several prediction folders (predict --save-probabilities)."""
+    from autoseg.ensembling import ensemble_folders
+    from autoseg.inference.bundle import load_bundle
+
+    postprocessing = load_bundle(postprocessing_from)[0].postprocessing if postprocessing_from else None
+    return ensemble_folders(prediction_dirs, out_dir, postprocessing)
+
+
+def predict_bundle_folder(inputs, output_dir: str | Path, bundle: str | Path, save_probabilities: bool = False,
+                          skip_existing: bool = False, tta: bool = True, step_fraction: float = 0.5,
+                          device: str = "auto", precision: str = "auto", progress: ProgressFactory | None = None) -> list[Path]:
+    """Predict with a model bundle (best.json, or a folder holding model.json): its members'
+    probabilities are averaged and its postprocessing applied."""
+    from autoseg.inference.bundle_predictor import BundlePredictor
+
+    predictor = BundlePredictor(bundle, device, precision, tta, step_fraction)
+    return predictor.predict_folder(inputs, output_dir, save_probabilities, skip_existing, progress)
+
+
+def is_bundle(path: str | Path) -> bool:
+    from autoseg.inference.bundle import BUNDLE_FILE
+
+    path = Path(path)
+    return path.suffix == ".json" or (path / BUNDLE_FILE).is_file()

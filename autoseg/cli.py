@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Self-configuring U-Net segmentation.")
 console = Console(stderr=True)
@@ -184,11 +184,32 @@ def predict(
     from autoseg import api
 
     with _user_errors():
-        models = api.resolve_models(model or [], dataset, config, _split_folds(folds), workdir)
+        models = _model_sources(model or [], dataset, config, _split_folds(folds), workdir)
         source = inputs[0] if len(inputs) == 1 and inputs[0].is_dir() else inputs
         with _progress() as progress:
-            written = api.predict_folder(source, output, models, save_probabilities, resume, tta, step, device, precision, keep_largest, progress)
+            if len(models) == 1 and api.is_bundle(models[0]):
+                if keep_largest:
+                    raise ConfigError("--keep-largest does not apply to a model bundle: its postprocessing was decided by find-best")
+                written = api.predict_bundle_folder(source, output, models[0], save_probabilities, resume, tta, step, device, precision, progress)
+            else:
+                written = api.predict_folder(source, output, models, save_probabilities, resume, tta, step, device, precision, keep_largest, progress)
     out.print(f"wrote {len(written)} prediction(s) to [bold]{output}[/]")
+
+
+def _model_sources(models: list[Path], dataset, config, folds, workdir) -> list[Path]:
+    """`--model best` means the dataset's best.json from find-best; anything else is a path."""
+    from autoseg import api
+
+    if [str(m) for m in models] == ["best"]:
+        if not dataset:
+            raise ConfigError("--model best needs --dataset NAME (the dataset whose find-best result to use)")
+        from autoseg.model_selection import best_bundle_path
+
+        path = best_bundle_path(workdir, dataset)
+        if not path.is_file():
+            raise ConfigError(f"{path} not found: run `autoseg find-best {dataset}` first")
+        return [path]
+    return api.resolve_models(models, dataset, config, folds, workdir)
 
 
 @app.command()
@@ -211,3 +232,35 @@ def evaluate(
     out.print(f"summary: [bold]{summary.summary_json}[/], [bold]{summary.summary_csv}[/]")
     if summary.overlays:
         out.print(f"overlays: [bold]{summary.overlays[0].parent}[/]")
+
+
+@app.command("find-best")
+def find_best(
+    dataset: str = typer.Argument(..., help="Dataset name (as in <workdir>/runs/<dataset>)"),
+    dataset_dir: Optional[Path] = typer.Option(None, "--dataset-dir", help="Dataset folder with labelsTr [default: recorded by cross-validation]"),
+    configs: Optional[str] = typer.Option(None, "--configs", help="Only these, e.g. 2d,3d_fullres"),
+    workdir: Optional[Path] = WorkdirOption,
+) -> None:
+    """Rank cross-validated configurations and their pairwise ensembles, decide postprocessing, write best.json."""
+    from autoseg import api
+    from autoseg.render import ranking_table
+
+    with _user_errors(), _progress() as progress:
+        bundle = api.find_best(dataset, workdir, dataset_dir, _split_folds(configs) or None, progress)
+    out.print(ranking_table(bundle))
+    out.print(f"postprocessing: {bundle.postprocessing}")
+    out.print(f"predict with: [bold]{bundle.predict_command}[/]")
+
+
+@app.command()
+def ensemble(
+    folders: List[Path] = typer.Argument(..., help="Prediction folders written with --save-probabilities"),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder"),
+    postprocessing: Optional[Path] = typer.Option(None, "--postprocessing", help="Apply the postprocessing of this best.json / model.json"),
+) -> None:
+    """Average saved probabilities of several prediction folders into one label map per case."""
+    from autoseg import api
+
+    with _user_errors():
+        written = api.ensemble(folders, output, postprocessing)
+    out.print(f"wrote {len(written)} ensembled prediction(s) to [bold]{output}[/]")

@@ -42,3 +42,14 @@ def evaluation_table(summary) -> Table:
 
 def _number(value) -> str:
     return "-" if value is None or value != value else f"{value:.4f}"
+
+
+def ranking_table(bundle) -> Table:
+    """find-best's candidates, best first (cross-validation Dice before postprocessing)."""
+    table = Table(title=f"{bundle.dataset_name}: cross-validation ranking", box=box.SIMPLE_HEAD)
+    table.add_column("#")
+    table.add_column("candidate")
+    table.add_column("mean foreground Dice", justify="right")
+    for rank, row in enumerate(bundle.ranking, 1):
+        table.add_row(str(rank), str(row.get("name")), _number(row.get("mean_foreground_dice")))
+    return table
