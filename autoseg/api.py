@@ -221,3 +221,25 @@ def is_bundle(path: str | Path) -> bool:
 
     path = Path(path)
     return path.suffix == ".json" or (path / BUNDLE_FILE).is_file()
+
+
+def export_model(source: str | Path, out_zip: str | Path, name: str | None = None, overwrite: bool = False) -> Path:
+    """Pack a run folder, model folder or best.json into one zip: weights and plans, no training state."""
+    from autoseg.sharing import export_model as export
+
+    return export(source, out_zip, name, overwrite)
+
+
+def import_model(zip_path: str | Path, workdir: str | Path | None = None, name: str | None = None, overwrite: bool = False) -> Path:
+    """Check a model zip and unpack it into <workdir>/models/<name>; returns that folder."""
+    from autoseg.sharing import import_model as unpack
+
+    return unpack(zip_path, workdir, name, overwrite)
+
+
+def export_onnx(run_or_checkpoint: str | Path, out_onnx: str | Path, opset: int = 17, check: bool = True,
+                tolerance: float = 1e-3, overwrite: bool = False) -> dict:
+    """Export one network to ONNX, checked against PyTorch with onnxruntime (max |diff| <= tolerance)."""
+    from autoseg.onnx_export import export_onnx as export
+
+    return export(run_or_checkpoint, out_onnx, opset, check, tolerance, overwrite)

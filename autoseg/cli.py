@@ -264,3 +264,51 @@ def ensemble(
     with _user_errors():
         written = api.ensemble(folders, output, postprocessing)
     out.print(f"wrote {len(written)} ensembled prediction(s) to [bold]{output}[/]")
+
+
+@app.command("export-model")
+def export_model(
+    source: Path = typer.Argument(..., help="Run folder, checkpoint, folder with model.json, or best.json"),
+    output: Path = typer.Option(..., "--output", "-o", help="Zip to write, or a folder to write <name>.zip into"),
+    name: Optional[str] = typer.Option(None, "--name", help="Zip name when --output is a folder [default: dataset name]"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing zip"),
+) -> None:
+    """Pack a trained model (weights and plans, no training state) into one zip to share."""
+    from autoseg import api
+
+    with _user_errors():
+        written = api.export_model(source, output, name, overwrite)
+    out.print(f"model zip: [bold]{written}[/] ({written.stat().st_size / 1e6:.1f} MB); import it with `autoseg import-model {written}`")
+
+
+@app.command("import-model")
+def import_model(
+    zip_path: Path = typer.Argument(..., help="Model zip written by `autoseg export-model`"),
+    workdir: Optional[Path] = WorkdirOption,
+    name: Optional[str] = typer.Option(None, "--name", help="Folder name under <workdir>/models [default: the zip's name]"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an imported model of the same name"),
+) -> None:
+    """Check a model zip and unpack it into <workdir>/models/<name>, ready for `autoseg predict -m`."""
+    from autoseg import api
+
+    with _user_errors():
+        folder = api.import_model(zip_path, workdir, name, overwrite)
+    out.print(f"imported into [bold]{folder}[/]; predict with `autoseg predict -i INPUT -o OUTPUT -m {folder}`")
+
+
+@app.command("export-onnx")
+def export_onnx(
+    model: Path = typer.Argument(..., help="Run folder or checkpoint file (one network)"),
+    output: Path = typer.Option(..., "--output", "-o", help="ONNX file to write (.onnx)"),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset version"),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare onnxruntime with PyTorch on a random input"),
+    tolerance: float = typer.Option(1e-3, "--tolerance", help="Largest allowed absolute logit difference"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file"),
+) -> None:
+    """Export one network to ONNX (dynamic batch, spatial size fixed to the plan's patch)."""
+    from autoseg import api
+
+    with _user_errors():
+        result = api.export_onnx(model, output, opset, check, tolerance, overwrite)
+    checked = "not checked" if result["max_abs_diff"] is None else f"max |ONNX - PyTorch| = {result['max_abs_diff']:.2e}"
+    out.print(f"wrote [bold]{result['path']}[/] (input {result['input_shape']}, batch dynamic; opset {result['opset']}; {checked})")

@@ -3,6 +3,7 @@
     <root>/plans/<dataset>/fingerprint.json, plan.json, splits.json
     <root>/preprocessed/<dataset>/<config>/...
     <root>/runs/<dataset>/<config>/fold_<k>/...
+    <root>/models/<name>/model.json (imported models)
 
 The root defaults to ./autoseg_work (relative to the current directory); pass --workdir to move it.
 """
@@ -39,3 +40,6 @@ class Workdir:
 
     def run_dir(self, dataset: str, config: str, fold: int | str) -> Path:
         return self.root / "runs" / dataset / config / f"fold_{fold}"
+
+    def model_dir(self, name: str) -> Path:
+        return self.root / "models" / name

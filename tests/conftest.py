@@ -80,3 +80,39 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def make_run() -> Callable[..., Path]:
+    """Factory writing a run folder with checkpoint_final.pt for a tiny untrained U-Net, as the
+    trainer leaves it: prediction payload plus a "training" entry (SGD momentum buffers, epoch).
+
+    make_run(folder, ndim=3, patch=(8,) * ndim, seed=0, labels=..., dataset_name=...) -> folder.
+    Session-scoped (it holds no state), so module-scoped fixtures can use it too.
+    """
+    import torch
+
+    from autoseg.checkpoint import model_payload, save_checkpoint
+    from autoseg.config import ConfigPlan, NetworkPlan, NormalizationPlan, ResamplingPlan
+    from autoseg.networks import build_network
+
+    def make(folder: Path, *, ndim: int = 3, patch: tuple[int, ...] | None = None, seed: int = 0,
+             labels: dict[str, int] | None = None, dataset_name: str = "Dataset001_Tiny") -> Path:
+        labels = labels or {"background": 0, "vertebra": 1, "disc": 2}
+        patch = patch or (8,) * ndim
+        network = NetworkPlan("unet", ndim, 1, len(labels), features=(2, 4, 8), kernel_sizes=((3,) * ndim,) * 3,
+                              strides=((1,) * ndim, (2,) * ndim, (2,) * ndim), blocks_per_stage=1)
+        config = ConfigPlan(name="2d" if ndim == 2 else "3d_fullres", spacing=(1.0,) * ndim, median_shape=patch,
+                            patch_size=patch, batch_size=2, network=network, normalization=(NormalizationPlan("zscore"),),
+                            resampling=ResamplingPlan(), mirror_axes=tuple(range(ndim)))
+        torch.manual_seed(seed)
+        model = build_network(config.network)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.99)
+        model(torch.randn(2, 1, *patch))[0].mean().backward()  # deep supervision: a list of logits
+        optimizer.step()  # fills the momentum buffers, as a real run's optimizer state has them
+        training = {"optimizer": optimizer.state_dict(), "epoch": 3}
+        payload = model_payload(model, config, labels, ["CT"], dataset_name)
+        save_checkpoint(folder / "checkpoint_final.pt", {**payload, "training": training})
+        return folder
+
+    return make
