@@ -10,6 +10,7 @@ from typing import Iterator, List, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from autoseg.errors import AutosegError, ConfigError
@@ -39,7 +40,7 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except AutosegError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_PROBLEM) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -8,7 +8,7 @@ import numpy as np
 
 from autoseg.config import NetworkPlan
 from autoseg.errors import PlanError
-from autoseg.networks import estimate_training_memory_bytes
+from autoseg.networks import CUDA_OVERHEAD_BYTES, estimate_training_memory_bytes
 from autoseg.planners.topology import Topology, plan_topology
 
 MIN_BATCH_SIZE = 2
@@ -46,12 +46,13 @@ def _shrink(topology: Topology, spacing, median_shape) -> Topology:
     axis = int(np.argmax(ratios))
     smaller = list(topology.patch_size)
     smaller[axis] -= topology.divisible_by[axis]
-    if smaller[axis] < 4:
+    shrunk = plan_topology(spacing, smaller) if smaller[axis] >= 4 else None
+    if shrunk is None or shrunk.num_stages < 2:
         raise PlanError(
             f"no patch fits the GPU memory budget (smallest tried: {topology.patch_size}); "
             "raise --gpu-memory-gb"
         )
-    return plan_topology(spacing, smaller)
+    return shrunk
 
 
 def fit_patch_and_batch(
@@ -60,6 +61,8 @@ def fit_patch_and_batch(
     """Shrink the patch until a batch of two fits `budget_gb`, then take the largest batch that fits,
     capped so that one batch covers at most 5% of the dataset's voxels (but never below two)."""
     budget = budget_gb * GIB
+    if budget <= CUDA_OVERHEAD_BYTES:
+        raise PlanError(f"--gpu-memory-gb {budget_gb:g} is below the {CUDA_OVERHEAD_BYTES / GIB:g} GB that CUDA itself needs; raise it")
     topology = plan_topology(spacing, initial_patch_size(spacing, median_shape))
     network = make_network(topology)
     while _memory(network, topology.patch_size, MIN_BATCH_SIZE) > budget:

@@ -91,11 +91,14 @@ class _Context:
         if np.prod(fullres.patch_size) / median_voxels >= LOWRES_THRESHOLD:
             return None
         spacing = self.fullres_spacing.copy()
-        plan = fullres
+        fullres_voxels, plan = median_voxels, fullres
         while np.prod(plan.patch_size) / median_voxels < LOWRES_THRESHOLD:
             spacing = lowres_spacing_step(spacing)
             median_voxels = float(np.prod(self.median_shape_at(spacing)))
             plan = self.configure("3d_lowres", spacing)
+        if fullres_voxels / median_voxels < 2:  # barely coarser than fullres: not worth a cascade stage
+            log.info("no 3d_lowres: its images would be less than 2x smaller than 3d_fullres's")
+            return None
         return plan
 
 
