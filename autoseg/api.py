@@ -121,7 +121,7 @@ def train(
 
     wd = Workdir.at(workdir)
     dataset = load_dataset(dataset_dir)
-    workers = options.get("workers", 2)
+    workers = max(1, options.get("workers", 2))  # process pools; the loader itself may run in-process (0)
     folder = preprocess(dataset_dir, config, wd.root, workers=workers, progress=progress)
     decided = load_or_make_plan(dataset, wd, workers, progress)
     train_ids, val_ids = fold_cases(dataset, wd.splits_path(dataset.name), str(fold))

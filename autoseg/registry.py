@@ -27,6 +27,9 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        self._items.pop(name, None)
+
     def get(self, name: str) -> T:
         if name not in self._items:
             close = difflib.get_close_matches(name, self._items, n=1)

@@ -35,9 +35,16 @@ class VoxelwiseNet(nn.Module):
         return self.conv(x)
 
 
-@NETWORKS.register("test_bundle_voxelwise")
 def build_voxelwise(plan: NetworkPlan) -> nn.Module:
     return VoxelwiseNet(plan)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _registered_stub_network():
+    """Registered only while this module's tests run, so the network contract tests never see it."""
+    NETWORKS.register("test_bundle_voxelwise")(build_voxelwise)
+    yield
+    NETWORKS.unregister("test_bundle_voxelwise")
 
 
 def config_plan(ndim: int, num_classes: int, spacing: tuple[float, ...], patch: tuple[int, ...],

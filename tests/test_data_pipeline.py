@@ -23,6 +23,7 @@ from autoseg.data import (
 from autoseg.data.sampling import choose_patch_start, read_box
 from autoseg.data.transforms import downsample_nearest
 from autoseg.errors import ConfigError, PreprocessingError
+from autoseg.io import Geometry
 
 SCALES_2D = [(1, 1), (0.5, 0.5), (0.25, 0.25)]
 
@@ -36,9 +37,11 @@ def write_case(folder: Path, case_id: str, image: np.ndarray, seg: np.ndarray) -
     locations = {str(v): np.argwhere(seg[0] == v).astype(np.int32) for v in np.unique(seg) if v >= 1}
     np.savez(folder / f"{case_id}_locations.npz", **locations)
     spatial = list(image.shape[1:])
+    spacing = [1.0] * len(spatial)
     (folder / f"{case_id}.json").write_text(json.dumps({
-        "case_id": case_id, "original_shape": spatial, "crop_bbox": [[0, n] for n in spatial],
-        "cropped_shape": spatial, "resampled_shape": spatial, "class_locations_file": f"{case_id}_locations.npz",
+        "case_id": case_id, "original_shape": spatial, "original_geometry": Geometry.default(len(spatial), spacing).to_dict(),
+        "crop_bbox": [[0, n] for n in spatial], "cropped_shape": spatial, "resampled_shape": spatial,
+        "spacing_before": spacing, "spacing_after": spacing, "class_locations_file": f"{case_id}_locations.npz",
     }))
 
 

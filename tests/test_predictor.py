@@ -38,9 +38,16 @@ class PointwiseNet(nn.Module):
         return self.conv(x)
 
 
-@NETWORKS.register("test_pointwise")
 def build_pointwise(plan: NetworkPlan) -> nn.Module:
     return PointwiseNet(plan)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _registered_stub_network():
+    """Registered only while this module's tests run, so the network contract tests never see it."""
+    NETWORKS.register("test_pointwise")(build_pointwise)
+    yield
+    NETWORKS.unregister("test_pointwise")
 
 
 def network_plan(ndim: int = 3, in_channels: int = 1, num_classes: int = 3, name: str = "unet") -> NetworkPlan:

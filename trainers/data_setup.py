@@ -1,7 +1,14 @@
-"""Training and validation batch streams for one configuration plan."""
+"""Training and validation batch sources for one configuration plan.
+
+A source (sampler + transforms) is built once per run; the trainer opens a fresh, freshly seeded
+loader from it every epoch, so the batches of epoch e depend only on (seed, e) and a resumed run
+sees what an uninterrupted one would have seen.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from autoseg.config import ConfigPlan
 from autoseg.data.augmentation import (
@@ -11,9 +18,20 @@ from autoseg.data.augmentation import (
     pre_augmentation_size,
     should_use_dummy_2d,
 )
-from autoseg.data.loader import make_loader
+from autoseg.data.loader import BatchLoader, Transforms, make_loader
 from autoseg.data.sampling import PatchSampler
 from autoseg.networks import deep_supervision_scales
+from autoseg.preprocessing import load_case
+
+
+@dataclass(frozen=True)
+class BatchSource:
+    sampler: PatchSampler
+    transforms: Transforms
+
+    def loader(self, workers: int, seed: int) -> BatchLoader:
+        """An endless batch stream determined by (seed, workers); close it (or use `with`) when done."""
+        return make_loader(self.sampler, self.transforms, num_workers=workers, seed=seed)
 
 
 def target_scales(config: ConfigPlan) -> list[tuple[float, ...]] | None:
@@ -26,17 +44,21 @@ def augmentation_for(config: ConfigPlan) -> AugmentationConfig:
     return AugmentationConfig(dummy_2d=dummy_2d)
 
 
-def training_loader(config: ConfigPlan, folder: Path, case_ids: list[str], batch_size: int, oversample: float, workers: int, seed: int):
+def training_source(config: ConfigPlan, folder: Path, case_ids: list[str], batch_size: int, oversample: float) -> BatchSource:
     augmentation = augmentation_for(config)
-    sampler = PatchSampler(
-        folder, case_ids, config.patch_size, batch_size, oversample, seed,
-        sample_size=pre_augmentation_size(config.patch_size, augmentation),
-    )
-    transforms = build_transforms(augmentation, config.patch_size, config.mirror_axes, target_scales(config))
-    return make_loader(sampler, transforms, num_workers=workers, seed=seed)
+    # the loader reseeds the sampler per worker, so its own seed never matters
+    sampler = PatchSampler(folder, case_ids, config.patch_size, batch_size, oversample, seed=0,
+                           sample_size=pre_augmentation_size(config.patch_size, augmentation))
+    return BatchSource(sampler, build_transforms(augmentation, config.patch_size, config.mirror_axes, target_scales(config)))
 
 
-def validation_loader(config: ConfigPlan, folder: Path, case_ids: list[str], batch_size: int, oversample: float, workers: int, seed: int):
-    sampler = PatchSampler(folder, case_ids, config.patch_size, batch_size, oversample, seed)
-    transforms = no_augmentation_transforms(config.patch_size, target_scales(config))
-    return make_loader(sampler, transforms, num_workers=workers, seed=seed)
+def validation_source(config: ConfigPlan, folder: Path, case_ids: list[str], batch_size: int, oversample: float) -> BatchSource:
+    sampler = PatchSampler(folder, case_ids, config.patch_size, batch_size, oversample, seed=0)
+    return BatchSource(sampler, no_augmentation_transforms(config.patch_size, target_scales(config)))
+
+
+def check_cases(folder: Path, case_ids: Sequence[str]) -> None:
+    """Open every case once (headers and memory maps only, no data is read), so a truncated or
+    damaged file fails now with a PreprocessingError naming it, not at a random iteration later."""
+    for case_id in case_ids:
+        load_case(folder, case_id)

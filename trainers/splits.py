@@ -17,13 +17,29 @@ from autoseg.errors import ConfigError, DatasetError
 Split = dict[str, list[str]]
 
 
-def _check_splits(splits: list, case_ids: set[str], path: Path) -> list[Split]:
-    if not isinstance(splits, list) or not all(isinstance(s, dict) and {"train", "val"} <= set(s) for s in splits):
-        raise DatasetError(f"{path}: expected a list of {{'train': [...], 'val': [...]}} objects")
-    unknown = sorted({c for s in splits for c in s["train"] + s["val"]} - case_ids)
+def _check_splits(splits: object, case_ids: set[str], path: Path) -> list[Split]:
+    """The folds of a splits file, each {"train": [...], "val": [...]} naming only dataset cases."""
+    well_formed = isinstance(splits, list) and splits and all(
+        isinstance(s, dict) and all(isinstance(s.get(k), list) for k in ("train", "val")) for s in splits)
+    if not well_formed:
+        raise DatasetError(f"{path}: expected a non-empty list of {{\"train\": [case ids], \"val\": [case ids]}} objects, "
+                           f"found {type(splits).__name__}; fix or delete the file")
+    folds = [{"train": [str(c) for c in s["train"]], "val": [str(c) for c in s["val"]]} for s in splits]
+    unknown = sorted({c for s in folds for c in s["train"] + s["val"]} - case_ids)
     if unknown:
-        raise DatasetError(f"{path}: names cases that are not in the dataset: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
-    return [{"train": list(s["train"]), "val": list(s["val"])} for s in splits]
+        raise DatasetError(f"{path}: names cases that are not in the dataset: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}; "
+                           "use ids of the dataset's training cases")
+    return folds
+
+
+def _check_covers(splits: list[Split], case_ids: set[str], path: Path) -> list[Split]:
+    """Folds autoseg wrote must cover today's cases: a case added since would silently never be used."""
+    missing = sorted(case_ids - {c for s in splits for c in s["train"] + s["val"]})
+    if missing:
+        raise DatasetError(f"{path}: was made for a different set of cases; {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                           "are in no fold. Delete the file to make new folds (runs of the old folds are "
+                           "then not comparable)")
+    return splits
 
 
 def group_ids(case_ids: list[str], groups: dict[str, str] | None, group_by: str | None) -> list[str]:
@@ -64,8 +80,10 @@ def load_or_create_splits(
     if dataset_splits is not None and dataset_splits.is_file():
         return _check_splits(schema.read_json(dataset_splits, DatasetError), ids, dataset_splits)
     if workdir_splits.is_file():
-        return _check_splits(schema.read_json(workdir_splits, DatasetError), ids, workdir_splits)
-    splits = make_splits(sorted(case_ids), num_folds, seed, groups)
+        splits = _check_splits(schema.read_json(workdir_splits, DatasetError), ids, workdir_splits)
+        return _check_covers(splits, ids, workdir_splits)
+    order = sorted(range(len(case_ids)), key=lambda i: case_ids[i])  # sort cases, keeping each one's group
+    splits = make_splits([case_ids[i] for i in order], num_folds, seed, [groups[i] for i in order] if groups else None)
     schema.write_json_atomic(workdir_splits, splits)
     return splits
 
@@ -77,10 +95,15 @@ def cases_for_fold(splits: list[Split], fold: str, case_ids: list[str]) -> tuple
     if not fold.isdigit() or int(fold) >= len(splits):
         raise ConfigError(f"fold '{fold}' does not exist; this dataset has folds 0-{len(splits) - 1} and 'all'")
     split = splits[int(fold)]
+    empty = [side for side in ("train", "val") if not split[side]]
+    if empty:  # the loader would fail later with a message that does not mention the splits
+        raise ConfigError(f"fold {fold} has no {' and no '.join(empty)} cases; "
+                          "give it some in the splits file, or train fold 'all'")
     return sorted(split["train"]), sorted(split["val"])
 
 
-def fold_cases(dataset, splits_path: Path, fold: str, num_folds: int = 5, group_by: str | None = None) -> tuple[list[str], list[str]]:
+def fold_cases(dataset, splits_path: Path, fold: str, num_folds: int = 5,
+               group_by: str | None = None) -> tuple[list[str], list[str]]:
     """(train, val) case ids of `fold` for a Dataset; 'all' needs no splits."""
     case_ids = [c.case_id for c in dataset.cases]
     if fold == "all":

@@ -5,11 +5,12 @@ Shapes: data (B, C, *patch); targets, one per deep-supervision output, (B, 1, *p
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -17,14 +18,15 @@ import torch
 from autoseg import schema
 from autoseg.checkpoint import capture_rng, load_checkpoint, model_payload, restore_rng, save_checkpoint
 from autoseg.config import ConfigPlan, Plan, TrainConfig
-from autoseg.errors import ConfigError
+from autoseg.errors import ConfigError, PreprocessingError
 from autoseg.networks import build_network
 from autoseg.registry import TRAINERS
 from autoseg.trainers.curves import write_progress_png
-from autoseg.trainers.data_setup import training_loader, validation_loader
+from autoseg.trainers.data_setup import check_cases, training_source, validation_source
+from autoseg.trainers.interrupt import StopRequest, children_ignore_sigint
 from autoseg.trainers.loss import DeepSupervisionLoss
 from autoseg.trainers.precision import resolve_precision
-from autoseg.trainers.run_folder import check_resumable, checkpoint_path, write_run_json
+from autoseg.trainers.run_folder import CHECKPOINTS, check_resumable, checkpoint_path, write_run_json
 from autoseg.trainers.schedule import poly_lr
 from autoseg.trainers.validation import pseudo_dice
 
@@ -42,6 +44,7 @@ class TrainState:
     ema_dice: float | None = None
     best_ema: float = -1.0
     epochs_since_best: int = 0
+    epoch_losses: list[float] = field(default_factory=list)  # this epoch's so far: a resumed epoch reports the same mean
     history: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ("train_loss", "val_loss", "pseudo_dice", "ema_dice", "lr")})
 
 
@@ -58,6 +61,7 @@ class Trainer:
         self.batch_size = options.batch_size or config.batch_size
         if options.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = not options.deterministic  # fixed patch size: the autotuned kernels pay off
         torch.manual_seed(options.seed)
         self.model = build_network(config.network).to(self.precision.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=options.lr, momentum=options.momentum,
@@ -69,40 +73,60 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False) -> TrainState:
+        """Train to the end (epochs, time budget or early stop) and save checkpoint_final.pt.
+
+        A stop signal ends the run after the current step with checkpoint_latest.pt saved and run.json
+        status "interrupted", then raises KeyboardInterrupt; `fit(resume=True)` continues from there.
+        """
         if resume:
             self._restore()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_json(self.run_dir, self.options, self.plan_hash, self.train_ids, self.val_ids, "running")
+        self._write_run_json("running")
         self._clock_start, self._elapsed_at_start = time.monotonic(), self.state.elapsed_s
-        val_workers = min(1, self.options.workers)
-        self.val_loader = validation_loader(self.config, self.preprocessed, self.val_ids, self.batch_size, 0.33, val_workers, self.options.seed + 1)
         try:
-            while not self._finished():
-                self._train_epoch()
-                self._end_epoch()
-        except KeyboardInterrupt:
-            self._save("latest")
-            write_run_json(self.run_dir, self.options, self.plan_hash, self.train_ids, self.val_ids, "interrupted", **self._summary())
-            log.info("interrupted: saved %s; continue with --resume", checkpoint_path(self.run_dir, "latest"))
+            with StopRequest() as stop:
+                self._run_epochs(stop)
+        except BaseException as exc:  # run.json must not claim "running" for a run that has ended
+            status = "aborted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            self._write_run_json(status, error=f"{type(exc).__name__}: {exc}")
             raise
-        finally:
-            self.val_loader.close()
+        if stop.requested:
+            self._save("latest")
+            self._write_run_json("interrupted")
+            log.info("interrupted: saved %s; continue with --resume", checkpoint_path(self.run_dir, "latest"))
+            raise KeyboardInterrupt
         self._save("final")
-        write_run_json(self.run_dir, self.options, self.plan_hash, self.train_ids, self.val_ids, "finished", **self._summary())
+        self._write_run_json("finished")
         return self.state
 
-    def _train_epoch(self) -> None:
+    def _run_epochs(self, stop: StopRequest) -> None:
+        folder, oversample = self.preprocessed, self.options.oversample_foreground
+        check_cases(folder, sorted(set(self.train_ids) | set(self.val_ids)))
+        self.train_source = training_source(self.config, folder, self.train_ids, self.batch_size, oversample)
+        self.val_source = validation_source(self.config, folder, self.val_ids, self.batch_size, 0.33)
+        while not (stop.requested or self._finished()):
+            try:
+                with self._epoch_loaders() as (train_batches, val_batches):
+                    self._train_epoch(train_batches, stop)
+                    if not stop.requested:  # a partial epoch is neither validated nor counted
+                        self._end_epoch(val_batches)
+            except PreprocessingError:
+                # A scheduler's SIGTERM to the whole process group also ends the loader workers. The
+                # failure came from next(), before any state changed: the stop still ends consistently.
+                if not stop.requested:
+                    raise
+                log.debug("a data loader worker ended with the stop signal", exc_info=True)
+
+    def _train_epoch(self, batches: Iterator[dict], stop: StopRequest) -> None:
         self.model.train()
-        losses, started = [], time.monotonic()
-        with self._epoch_loader() as loader:
-            while self.state.iteration < self.options.iters_per_epoch and not self._out_of_time():
-                batch = next(loader)
-                self._set_lr()
-                losses.append(self._train_step(batch["data"], batch["target"]))
-                self.state.iteration += 1
-                self._update_elapsed()
-                self.on_event("iteration", self._progress_info(losses, started))
-        self.state.history["train_loss"].append(float(np.mean(losses)) if losses else float("nan"))
+        s, started, done_before = self.state, time.monotonic(), self.state.iteration
+        while s.iteration < self.options.iters_per_epoch and not stop.requested and not self._out_of_time():
+            batch = next(batches)
+            self._set_lr()
+            s.epoch_losses.append(self._train_step(batch["data"], batch["target"]))
+            s.iteration += 1
+            self._update_elapsed()
+            self.on_event("iteration", self._progress_info(s.iteration - done_before, started))
 
     def _train_step(self, data: torch.Tensor, targets: list[torch.Tensor]) -> float:
         device = self.precision.device
@@ -118,15 +142,16 @@ class Trainer:
         self.scaler.update()
         return float(loss.detach())
 
-    def _end_epoch(self) -> None:
-        started = time.monotonic()
-        val_loss, dice = pseudo_dice(self.model, self.val_loader, self.options.val_iters, self.loss, self.precision, len(self.plan.labels))
-        s = self.state
+    def _end_epoch(self, val_batches: Iterator[dict]) -> None:
+        started, s = time.monotonic(), self.state
+        val_loss, dice = pseudo_dice(self.model, val_batches, self.options.val_iters, self.loss, self.precision, len(self.plan.labels))
         mean_dice = float(np.nanmean(dice)) if np.isfinite(dice).any() else 0.0
         s.ema_dice = mean_dice if s.ema_dice is None else EMA_MOMENTUM * s.ema_dice + (1 - EMA_MOMENTUM) * mean_dice
-        for key, value in (("val_loss", val_loss), ("pseudo_dice", mean_dice), ("ema_dice", s.ema_dice), ("lr", self.optimizer.param_groups[0]["lr"])):
+        train_loss = float(np.mean(s.epoch_losses)) if s.epoch_losses else float("nan")
+        for key, value in (("train_loss", train_loss), ("val_loss", val_loss), ("pseudo_dice", mean_dice),
+                           ("ema_dice", s.ema_dice), ("lr", self.optimizer.param_groups[0]["lr"])):
             s.history[key].append(float(value))
-        s.epoch, s.iteration = s.epoch + 1, 0
+        s.epoch, s.iteration, s.epoch_losses = s.epoch + 1, 0, []
         if s.ema_dice > s.best_ema:
             s.best_ema, s.epochs_since_best = s.ema_dice, 0
             self._save("best")
@@ -136,7 +161,7 @@ class Trainer:
             self._save("latest")
         write_progress_png(self.run_dir / "progress.png", s.history)
         log.info("epoch %d: train loss %.4f, val loss %.4f, pseudo-Dice %s (EMA %.4f)", s.epoch,
-                 s.history["train_loss"][-1], val_loss, np.round(dice, 4).tolist(), s.ema_dice)
+                 train_loss, val_loss, np.round(dice, 4).tolist(), s.ema_dice)
         self.on_event("epoch", {"epoch": s.epoch, "pseudo_dice": dice.tolist(), "ema_dice": s.ema_dice, "val_loss": val_loss})
         self._update_elapsed()
         self._epoch_end_cost_s = time.monotonic() - started
@@ -167,25 +192,34 @@ class Trainer:
             log.info("early stop: no better EMA pseudo-Dice for %d epochs", s.epochs_since_best)
         return s.epoch >= o.epochs or self._out_of_time() or early
 
-    def _progress_info(self, losses: list[float], started: float) -> dict:
+    def _progress_info(self, iterations_this_session: int, started: float) -> dict:
         o, s = self.options, self.state
-        rate = s.iteration / max(time.monotonic() - started, 1e-9)
+        rate = iterations_this_session / max(time.monotonic() - started, 1e-9)
         done = self._fraction_done()
         remaining = o.time_budget_s - s.elapsed_s if o.time_budget_s else ((o.epochs - s.epoch) * o.iters_per_epoch - s.iteration) / max(rate, 1e-9)
-        return {"epoch": s.epoch, "iteration": s.iteration, "iters_per_epoch": o.iters_per_epoch, "loss": losses[-1],
+        return {"epoch": s.epoch, "iteration": s.iteration, "iters_per_epoch": o.iters_per_epoch, "loss": s.epoch_losses[-1],
                 "it_per_s": rate, "eta_s": max(remaining, 0.0), "fraction_done": done, "ema_dice": s.ema_dice}
 
     # ------------------------------------------------------------------ data
-    def _epoch_loader(self):
-        """A fresh batch stream per epoch, seeded by (seed, epoch): a resumed run sees the same batches.
-        Resuming mid-epoch replays the skipped batches in --deterministic mode, else reseeds."""
+    def _stream_seed(self, stream: int, iteration: int = 0) -> int:
+        return int(np.random.SeedSequence([self.options.seed, self.state.epoch, stream, iteration]).generate_state(1)[0] % 2**31)
+
+    @contextlib.contextmanager
+    def _epoch_loaders(self) -> Iterator[tuple[Iterator[dict], Iterator[dict]]]:
+        """This epoch's training and validation streams, seeded by (seed, epoch): a resumed run sees
+        the batches an uninterrupted one would. Resuming mid-epoch replays the batches already used
+        in --deterministic mode, else reseeds (cheaper, same distribution). Both open now, so the
+        validation worker starts up while training runs."""
         o, s = self.options, self.state
-        skip = s.iteration if o.deterministic else 0
-        seed = int(np.random.SeedSequence([o.seed, s.epoch, 0 if o.deterministic else s.iteration]).generate_state(1)[0] % 2**31)
-        loader = training_loader(self.config, self.preprocessed, self.train_ids, self.batch_size, o.oversample_foreground, o.workers, seed)
-        for _ in range(skip):
-            next(loader)
-        return loader
+        replay = s.iteration if o.deterministic else 0
+        with contextlib.ExitStack() as stack:
+            train_seed = self._stream_seed(0, 0 if o.deterministic else s.iteration)
+            with children_ignore_sigint():  # stopping the workers is this process's job
+                train = stack.enter_context(self.train_source.loader(o.workers, train_seed))
+                val = stack.enter_context(self.val_source.loader(min(1, o.workers), self._stream_seed(1)))
+            for _ in range(replay):
+                next(train)
+            yield train, val
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, kind: str) -> None:
@@ -202,10 +236,12 @@ class Trainer:
 
     def _restore(self) -> None:
         path = checkpoint_path(self.run_dir, "latest")
+        if checkpoint_path(self.run_dir, "final").is_file():  # a "latest" may remain beside it; it is older
+            raise ConfigError(f"{self.run_dir}: this run already finished ({CHECKPOINTS['final']} exists); nothing to resume. "
+                              "Train without --resume to start over, or pass another --run-dir")
         if not path.is_file():
-            if checkpoint_path(self.run_dir, "final").is_file():
-                raise ConfigError(f"{self.run_dir}: this run already finished; nothing to resume (start a new run folder to retrain)")
-            raise ConfigError(f"{path}: no checkpoint to resume from; start without --resume")
+            raise ConfigError(f"{path}: no checkpoint to resume from (runs save one every checkpoint_every epochs "
+                              "and when interrupted); start without --resume")
         payload = load_checkpoint(path, map_location=self.precision.device)
         training = payload["training"]
         check_resumable(training["train_config"], self.options, training["plan_hash"], self.plan_hash, path)
@@ -215,6 +251,10 @@ class Trainer:
         self.state = TrainState(**training["state"])
         restore_rng(training["rng"])
         log.info("resumed from %s at epoch %d, iteration %d", path, self.state.epoch, self.state.iteration)
+
+    def _write_run_json(self, status: str, **extra) -> None:
+        write_run_json(self.run_dir, self.options, self.plan_hash, self.train_ids, self.val_ids, status,
+                       **self._summary(), **extra)
 
     def _summary(self) -> dict:
         s = self.state

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from autoseg.errors import ConfigError, PreprocessingError
+from autoseg.preprocessing import load_case, load_class_locations
 
 logger = logging.getLogger(__name__)
 
@@ -82,42 +83,27 @@ def choose_patch_start(
 
 # ---------------------------------------------------------------- case files
 def _open_case(folder: Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """Memory-map a case's image and label. TODO(lead): replace with preprocessing.load_case."""
-    arrays = []
-    for path in (folder / f"{case_id}.npy", folder / f"{case_id}_seg.npy"):
-        try:
-            arrays.append(np.load(path, mmap_mode="r", allow_pickle=False))
-        except FileNotFoundError:
-            raise PreprocessingError(f"{path}: file of preprocessed case '{case_id}' is missing; {_REPREPROCESS}") from None
-        except Exception as e:  # corrupt or truncated .npy: numpy raises ValueError/OSError/EOFError
-            raise PreprocessingError(
-                f"{path}: cannot read preprocessed case '{case_id}' ({type(e).__name__}: {e}); "
-                f"expected a .npy array of shape (channels, *spatial); {_REPREPROCESS}"
-            ) from e
-    data, seg = arrays
-    if data.ndim < 3 or seg.shape != (1, *data.shape[1:]):
-        raise PreprocessingError(
-            f"{folder}: case '{case_id}' has image shape {data.shape} and label shape {seg.shape}; expected "
-            f"(C, *spatial) and (1, *spatial) with the same spatial shape; {_REPREPROCESS}"
-        )
+    """Memory-mapped image (C, *spatial) and label (1, *spatial) of a preprocessed case."""
+    try:
+        data, seg, _ = load_case(folder, case_id)
+    except PreprocessingError as e:  # load_case names the file; say which case it belongs to
+        raise PreprocessingError(f"preprocessed case '{case_id}': {e}") from None
+    if seg is None:
+        raise PreprocessingError(f"{folder}: preprocessed case '{case_id}' has no label file {case_id}_seg.npy, "
+                                 f"so it cannot be used for training; {_REPREPROCESS}")
     return data, seg
 
 
 def _pick_foreground_voxel(folder: Path, case_id: str, rng: np.random.Generator) -> np.ndarray | None:
     """A stored voxel of a class chosen uniformly among those present in the case; None if none is."""
-    path = folder / f"{case_id}_locations.npz"
     try:
-        with np.load(path, allow_pickle=False) as locations:
-            classes = sorted(locations.files, key=int)  # sorted: the draw must not depend on zip order
-            if not classes:
-                return None
-            voxels = locations[classes[int(rng.integers(len(classes)))]]
-    except FileNotFoundError:
-        raise PreprocessingError(f"{path}: class locations of case '{case_id}' are missing; {_REPREPROCESS}") from None
-    except Exception as e:
-        raise PreprocessingError(
-            f"{path}: cannot read class locations of case '{case_id}' ({type(e).__name__}: {e}); {_REPREPROCESS}"
-        ) from e
+        locations = load_class_locations(folder, case_id)
+    except PreprocessingError as e:
+        raise PreprocessingError(f"class locations of preprocessed case '{case_id}': {e}") from None
+    classes = sorted(locations)  # sorted: the draw must not depend on the archive's order
+    if not classes:
+        return None
+    voxels = locations[classes[int(rng.integers(len(classes)))]]
     return voxels[int(rng.integers(len(voxels)))] if len(voxels) else None
 
 

@@ -1,0 +1,69 @@
+"""Stop requests: Ctrl-C (SIGINT) or SIGTERM end training at the next safe point, not mid-step.
+
+A KeyboardInterrupt can land anywhere - inside optimizer.step(), or between the step and the
+iteration counter - and a checkpoint taken then does not match its own progress counters, so a
+resumed run would differ from an uninterrupted one. The handler only records the request; the loop
+checks it between iterations and saves a consistent checkpoint. SIGTERM (what cluster schedulers
+send before killing a job) is treated the same. A second signal aborts at once, without saving.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """Context manager; `requested` turns True on the first stop signal received inside it.
+
+    Handlers can only be installed from the main thread; elsewhere the context does nothing and
+    signals keep their usual effect.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self._previous.items():
+            # None: the previous handler was not installed from Python; the default is the best guess
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:  # asked twice: the user does not want to wait for the checkpoint
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("%s received: stopping after the current step and saving a checkpoint "
+                    "(send it again to abort without saving)", signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def children_ignore_sigint() -> Iterator[None]:
+    """Processes started inside ignore SIGINT from birth (exec keeps an ignored signal ignored).
+
+    A terminal's Ctrl-C reaches the whole process group; a data loader worker still importing its
+    modules would die of it with a traceback instead of being stopped by its parent. A Ctrl-C
+    arriving during these few milliseconds is lost; pressing it again works.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
