@@ -108,9 +108,12 @@ def train(
     run_dir: str | Path | None = None,
     progress: ProgressFactory | None = None,
     on_event=None,
+    num_folds: int = 5,
+    group_by: str | None = None,
     **options,
 ) -> Path:
-    """Train one fold of one configuration; returns the run folder. `options` are TrainConfig fields."""
+    """Train one fold ("0".."k-1", or "full" for every case) of one configuration; returns the run
+    folder. `options` are TrainConfig fields. Folds: see `cross_validate`."""
     from autoseg.config import TrainConfig
     from autoseg.dataset import load_dataset
     from autoseg.registry import TRAINERS
@@ -124,7 +127,7 @@ def train(
     workers = max(1, options.get("workers", 2))  # process pools; the loader itself may run in-process (0)
     folder = preprocess(dataset_dir, config, wd.root, workers=workers, progress=progress)
     decided = load_or_make_plan(dataset, wd, workers, progress)
-    train_ids, val_ids = fold_cases(dataset, wd.splits_path(dataset.name), str(fold))
+    train_ids, val_ids = fold_cases(dataset, wd.splits_path(dataset.name), str(fold), num_folds, group_by)
     train_config = TrainConfig(dataset_name=dataset.name, config=config, fold=str(fold), **options)
     run = Path(run_dir) if run_dir else wd.run_dir(dataset.name, config, fold)
     trainer_cls = TRAINERS.get(train_config.trainer)
@@ -132,6 +135,17 @@ def train(
         trainer = trainer_cls(decided, decided.config(config), train_config, folder, run, train_ids, val_ids, on_event)
         trainer.fit(resume=resume)
     return run
+
+
+def cross_validate(dataset_dir: str | Path, config: str, folds: Sequence[str] | None = None,
+                   workdir: str | Path | None = None, num_folds: int = 5, group_by: str | None = None,
+                   progress: ProgressFactory | None = None, on_event=None, **options) -> Path:
+    """Train every fold (or `folds`) in turn, resumably, then predict each fold's validation cases and
+    write <config>/crossval/crossval.json. Folds come from the dataset's splits_final.json, else groups
+    (dataset.json "groups" or the `group_by` regex on case ids), else seeded `num_folds`-fold splits."""
+    from autoseg.crossval import cross_validate as run
+
+    return run(dataset_dir, config, folds, workdir, num_folds, group_by, progress, on_event, **options)
 
 
 def resolve_models(models: Sequence[str | Path] = (), dataset: str | None = None, config: str | None = None,
@@ -144,10 +158,17 @@ def resolve_models(models: Sequence[str | Path] = (), dataset: str | None = None
         if not (dataset and config):
             raise ConfigError("give both --dataset and --config to find trained runs in the workdir")
         wd = Workdir.at(workdir)
-        paths += [wd.run_dir(dataset, config, f) for f in (folds or ("all",))]
+        paths += [wd.run_dir(dataset, config, f) for f in (folds or _trained_folds(wd, dataset, config))]
     if not paths:
         raise ConfigError("no model given: pass --model RUN_FOLDER (repeatable) or --dataset NAME --config CONFIG [--folds 0,1]")
     return paths
+
+
+def _trained_folds(wd: Workdir, dataset: str, config: str) -> list[str]:
+    """Default ensemble: every cross-validation fold trained, else the model trained on every case."""
+    folder = wd.run_dir(dataset, config, 0).parent
+    numbered = sorted(p.name[len("fold_"):] for p in folder.glob("fold_*") if p.name[len("fold_"):].isdigit())
+    return numbered or ["full"]
 
 
 def predict_folder(

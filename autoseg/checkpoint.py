@@ -20,6 +20,9 @@ from autoseg.config import ConfigPlan
 from autoseg.errors import CheckpointError
 
 FORMAT_VERSION = 1
+# A run folder's checkpoints; prediction prefers them in this order.
+FINAL, BEST, LATEST = "checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_latest.pt"
+CHECKPOINT_PREFERENCE = (FINAL, BEST, LATEST)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:

@@ -126,12 +126,15 @@ def preprocess(
 def train(
     dataset: Path = typer.Argument(..., help="Dataset folder"),
     config: str = typer.Argument(..., help="Configuration: 2d, 3d_fullres or 3d_lowres"),
-    fold: str = typer.Argument(..., help="Fold number, or 'all' to train on every case"),
+    fold: Optional[str] = typer.Argument(None, help="Fold number; 'all' for every fold in turn (cross-validation); 'full' for one model on every case"),
     workdir: Optional[Path] = WorkdirOption,
+    folds: Optional[str] = typer.Option(None, "--folds", help="Cross-validate only these folds, e.g. 0,2,4"),
+    num_folds: int = typer.Option(5, "--num-folds", help="Folds to make when the dataset has no splits_final.json"),
+    group_by: Optional[str] = typer.Option(None, "--group-by", help="Regex on case ids naming the patient (first group), so a patient's images share a fold"),
     epochs: int = typer.Option(1000, "--epochs", help="Maximum number of epochs"),
     iters_per_epoch: int = typer.Option(250, "--iters-per-epoch", help="Training iterations per epoch"),
     val_iters: int = typer.Option(50, "--val-iters", help="Validation batches per epoch"),
-    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall-clock budget, e.g. 30m or 2h; the lr schedule follows it"),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall-clock budget per fold, e.g. 30m or 2h; the lr schedule follows it"),
     early_stop: Optional[int] = typer.Option(None, "--early-stop", help="Stop after this many epochs without a better EMA pseudo-Dice"),
     lr: float = typer.Option(1e-2, "--lr", help="Initial learning rate"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the plan's batch size"),
@@ -140,24 +143,48 @@ def train(
     deterministic: bool = typer.Option(False, "--deterministic", help="Reproducible results (slower)"),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(2, "--workers", help="Data loader processes (0: in-process)"),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint"),
+    checkpoint_every: int = typer.Option(5, "--checkpoint-every", help="Epochs between 'latest' checkpoints"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint (cross-validation resumes by itself)"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder [default: <workdir>/runs/<dataset>/<config>/fold_<k>]"),
 ) -> None:
-    """Train a U-Net for one configuration and fold (preprocessing first when needed)."""
+    """Train a U-Net for one configuration: one fold, or every fold in turn (preprocessing first when needed)."""
     from autoseg import api
     from autoseg.live import TrainingDisplay
     from autoseg.trainers.schedule import parse_duration
 
     with _user_errors():
-        budget = parse_duration(time_budget) if time_budget else None
+        cross_validation = fold == "all" or folds is not None
+        if fold is None and folds is None:
+            raise ConfigError("give a FOLD (a number, 'all' or 'full') or --folds 0,1,...")
+        if folds is not None and fold not in (None, "all"):
+            raise ConfigError(f"--folds goes with FOLD 'all' or no FOLD, not '{fold}'")
+        options = dict(
+            epochs=epochs, iters_per_epoch=iters_per_epoch, val_iters=val_iters, early_stop=early_stop, lr=lr,
+            time_budget_s=parse_duration(time_budget) if time_budget else None, batch_size=batch_size,
+            precision=precision, device=device, deterministic=deterministic, seed=seed, workers=workers,
+            checkpoint_every=checkpoint_every,
+        )
         with _progress() as progress, TrainingDisplay(console) as display:
-            run = api.train(
-                dataset, config, fold, workdir, resume=resume, run_dir=run_dir, progress=progress, on_event=display.update,
-                epochs=epochs, iters_per_epoch=iters_per_epoch, val_iters=val_iters, time_budget_s=budget,
-                early_stop=early_stop, lr=lr, batch_size=batch_size, precision=precision, device=device,
-                deterministic=deterministic, seed=seed, workers=workers,
-            )
-    out.print(f"run folder: [bold]{run}[/] (checkpoints, run.json, progress.png, train.log)")
+            if cross_validation:
+                result = api.cross_validate(dataset, config, _split_folds(folds), workdir, num_folds, group_by,
+                                            progress=progress, on_event=display.update, **options)
+            else:
+                result = api.train(dataset, config, fold, workdir, resume=resume, run_dir=run_dir, progress=progress,
+                                   on_event=display.update, num_folds=num_folds, group_by=group_by, **options)
+    if cross_validation:
+        _print_crossval(result)
+    else:
+        out.print(f"run folder: [bold]{result}[/] (checkpoints, run.json, progress.png, train.log)")
+
+
+def _print_crossval(folder: Path) -> None:
+    from autoseg import schema
+    from autoseg.render import crossval_table
+
+    summary = schema.read_json(folder / "crossval.json")
+    out.print(crossval_table(summary))
+    state = "complete" if summary["complete"] else f"{len(summary['folds'])} of {summary['num_folds']} folds"
+    out.print(f"cross-validation ({state}): [bold]{folder}[/]; next: `autoseg find-best DATASET_NAME`")
 
 
 def _split_folds(folds: Optional[str]) -> list[str]:

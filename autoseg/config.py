@@ -168,7 +168,7 @@ class TrainConfig:
 
     dataset_name: str
     config: str
-    fold: str  # "0".."k-1" or "all"
+    fold: str  # "0".."k-1", or "full" (every case)
     trainer: str = "default"
     epochs: int = 1000
     iters_per_epoch: int = 250

@@ -39,7 +39,7 @@ from autoseg import io
 from autoseg.atomic import atomic_write
 from autoseg.errors import AutosegError, DatasetError
 from autoseg.progress import Advance, ProgressFactory, task
-from autoseg.schema import read_json, to_dict, write_json_atomic
+from autoseg.schema import json_safe, read_json, to_dict, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -297,17 +297,6 @@ def summarize(rows: Sequence[MetricRow], labels: dict[str, int]) -> tuple[dict[s
     return mean_per_class, _nanmean([m["dice"] for m in mean_per_class.values()])
 
 
-def _json_safe(value):
-    """NaN -> None, recursively, so summary.json is strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _write_csv_atomic(path: Path, rows: Sequence[MetricRow]) -> Path:
     with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
@@ -368,7 +357,7 @@ def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, labels: dict[str
     mean_per_class, mean_dice = summarize(rows, label_map)
     document = {"labels": label_map, "mean_foreground_dice": mean_dice, "mean_per_class": mean_per_class,
                 "per_case": to_dict(list(rows))}
-    json_path = write_json_atomic(pred_dir / "summary.json", _json_safe(document))
+    json_path = write_json_atomic(pred_dir / "summary.json", json_safe(document))
     csv_path = _write_csv_atomic(pred_dir / "summary.csv", rows)
     written: tuple[Path, ...] = ()
     if overlays > 0 and images_dir is None:

@@ -53,3 +53,14 @@ def ranking_table(bundle) -> Table:
     for rank, row in enumerate(bundle.ranking, 1):
         table.add_row(str(rank), str(row.get("name")), _number(row.get("mean_foreground_dice")))
     return table
+
+
+def crossval_table(summary: dict) -> Table:
+    """Per-class mean Dice over the out-of-fold cases of a cross-validation."""
+    table = Table(title=f"{summary['config']}: cross-validation, mean foreground Dice {_number(summary['mean_foreground_dice'])}", box=box.SIMPLE_HEAD)
+    table.add_column("class")
+    table.add_column("Dice", justify="right")
+    table.add_column("cases", justify="right")
+    for name, values in summary["mean_per_class"].items():
+        table.add_row(name, _number(values.get("dice")), str(values.get("cases", "")))
+    return table

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -102,6 +103,17 @@ def _convert_dataclass(cls: Any, value: Any, where: str, error: type[Exception])
             continue
         kwargs[name] = _convert(hints[name], value[name], f"{where}.{name}", error)
     return cls(**kwargs)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN -> None, recursively, so the document is strict JSON (NaN is not JSON)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def dumps(obj: Any) -> str:

@@ -31,7 +31,8 @@ from autoseg.atomic import atomic_write
 from autoseg.checkpoint import FORMAT_VERSION, config_plan_of, load_checkpoint
 from autoseg.errors import CheckpointError, ConfigError
 from autoseg.inference.bundle import BUNDLE_FILE, BundleMember, ModelBundle, load_bundle, member_checkpoints
-from autoseg.inference.ensemble import CHECKPOINT_PREFERENCE, load_models, resolve_checkpoint
+from autoseg.checkpoint import CHECKPOINT_PREFERENCE
+from autoseg.inference.ensemble import load_models, resolve_checkpoint
 from autoseg.workdir import Workdir
 
 log = logging.getLogger(__name__)

@@ -110,7 +110,7 @@ def test_time_budget_ends_the_run_on_time_fully_decayed(make_dataset, tmp_path):
     budget = 8.0
 
     started = time.monotonic()
-    run = api.train(dataset, "2d", "all", workdir, epochs=1000, iters_per_epoch=10, val_iters=1, workers=0,
+    run = api.train(dataset, "2d", "full", workdir, epochs=1000, iters_per_epoch=10, val_iters=1, workers=0,
                     time_budget_s=budget)
     wall = time.monotonic() - started
 

@@ -92,19 +92,19 @@ def test_groups_stay_together_when_cases_come_unsorted(tmp_path):
         assert not patients_in_val & {c.split("_")[0] for c in split["train"]}
 
 
-def test_fold_all_uses_every_case_for_training_and_validation(make_dataset, tmp_path):
+def test_fold_full_uses_every_case_for_training_and_validation(make_dataset, tmp_path):
     dataset = tiny(make_dataset, num_cases=3)
     ids = sorted(c.case_id for c in dataset.cases)
     splits_path = tmp_path / "splits.json"
 
-    assert fold_cases(dataset, splits_path, "all") == (ids, ids)
+    assert fold_cases(dataset, splits_path, "full") == (ids, ids)
     assert not splits_path.exists()
 
 
 @pytest.mark.parametrize("fold", ["4", "x", "-1", "1.0"])
 def test_a_fold_that_does_not_exist_is_a_config_error(make_dataset, tmp_path, fold):
     dataset = tiny(make_dataset)  # 4 cases: folds 0-3
-    with pytest.raises(ConfigError, match=rf"fold '{fold}'.*folds 0-3 and 'all'"):
+    with pytest.raises(ConfigError, match=rf"fold '{fold}'.*folds 0-3, 'all'"):
         fold_cases(dataset, tmp_path / "splits.json", fold)
 
 

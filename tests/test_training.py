@@ -100,7 +100,7 @@ def test_3d_run_writes_checkpoints_and_run_documents(make_dataset, tmp_path):
 def test_2d_png_run_with_a_loader_worker(make_dataset, tmp_path):
     dataset, workdir = planned(make_dataset, tmp_path, shape=(32, 32), file_ending=".png")
 
-    run = api.train(dataset, "2d", "all", workdir, epochs=1, iters_per_epoch=3, val_iters=2, workers=1)
+    run = api.train(dataset, "2d", "full", workdir, epochs=1, iters_per_epoch=3, val_iters=2, workers=1)
 
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     record = run_record(run)
@@ -112,9 +112,12 @@ def test_2d_png_run_with_a_loader_worker(make_dataset, tmp_path):
 
 
 # ---------------------------------------------------------------- interruption and resume
+CLI_EPOCHS = 8  # long enough that a signal sent in epoch 2 always lands before the end
+
+
 def cli_train(dataset: Path, workdir: Path, *extra: str, **popen_options) -> subprocess.Popen:
     command = [sys.executable, "-c", "from autoseg.cli import app; app()", "train", str(dataset), "2d", "0",
-               "-w", str(workdir), "--epochs", "3", "--iters-per-epoch", "4", "--val-iters", "1", *extra]
+               "-w", str(workdir), "--epochs", str(CLI_EPOCHS), "--iters-per-epoch", "12", "--val-iters", "1", *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace",
                             **popen_options)
 
@@ -135,7 +138,7 @@ def interrupt_cli_run(dataset: Path, workdir: Path, signal_number: int) -> Path:
     record = run_record(run)
     assert record["status"] == "interrupted" and record["epochs_done"] >= 1
     state = load_checkpoint(run / "checkpoint_latest.pt")["training"]["state"]
-    assert (state["epoch"], state["iteration"]) != (3, 0)  # stopped before the end
+    assert (state["epoch"], state["iteration"]) != (CLI_EPOCHS, 0)  # stopped before the end
     assert not (run / "checkpoint_final.pt").exists()
     return run
 
@@ -153,7 +156,7 @@ def test_ctrl_c_saves_latest_and_resume_finishes(make_dataset, tmp_path):
     output = resumed.communicate(timeout=120)[0]
 
     assert resumed.returncode == 0, output
-    assert run_record(run)["status"] == "finished" and run_record(run)["epochs_done"] == 3
+    assert run_record(run)["status"] == "finished" and run_record(run)["epochs_done"] == CLI_EPOCHS
     assert (run / "checkpoint_final.pt").is_file()
 
 
@@ -229,10 +232,10 @@ def test_truncated_preprocessed_case_is_named(make_dataset, tmp_path):
     damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
 
     with pytest.raises(PreprocessingError, match=r"case_001\.npy.*truncated") as caught:
-        api.train(dataset, "2d", "all", workdir, epochs=1, **FAST)
+        api.train(dataset, "2d", "full", workdir, epochs=1, **FAST)
 
     assert "autoseg preprocess --force" in str(caught.value)
-    record = run_record(workdir / "runs" / dataset.name / "2d" / "fold_all")
+    record = run_record(workdir / "runs" / dataset.name / "2d" / "fold_full")
     assert record["status"] == "failed" and "case_001" in record["error"]
 
 

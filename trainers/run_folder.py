@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from autoseg import schema
+from autoseg.checkpoint import BEST, FINAL, LATEST
 from autoseg.config import RESUMABLE_CHANGES, TrainConfig
 from autoseg.errors import ConfigError
 
-CHECKPOINTS = {kind: f"checkpoint_{kind}.pt" for kind in ("latest", "best", "final")}
+CHECKPOINTS = {"latest": LATEST, "best": BEST, "final": FINAL}
 
 
 def checkpoint_path(run_dir: Path, kind: str) -> Path:

@@ -58,7 +58,7 @@ def make_splits(case_ids: list[str], num_folds: int = 5, seed: int = 0, groups: 
     groups = groups or list(case_ids)
     unique = sorted(set(groups))
     if len(unique) < 2:
-        raise ConfigError(f"cross-validation needs at least 2 cases/groups, found {len(unique)}; train fold 'all'")
+        raise ConfigError(f"cross-validation needs at least 2 cases/groups, found {len(unique)}; train fold 'full' (every case)")
     num_folds = min(num_folds, len(unique))
     order = np.random.default_rng(seed).permutation(len(unique))
     fold_of_group = {unique[g]: i % num_folds for i, g in enumerate(order)}
@@ -88,26 +88,35 @@ def load_or_create_splits(
     return splits
 
 
+FULL = "full"  # the fold name for one model trained on every case (nnU-Net calls it "all")
+
+
 def cases_for_fold(splits: list[Split], fold: str, case_ids: list[str]) -> tuple[list[str], list[str]]:
-    """(train, val) case ids. Fold 'all' trains on everything and validates on the training cases."""
-    if fold == "all":
+    """(train, val) case ids. Fold 'full' trains on everything and validates on the training cases."""
+    if fold == FULL:
         return sorted(case_ids), sorted(case_ids)
     if not fold.isdigit() or int(fold) >= len(splits):
-        raise ConfigError(f"fold '{fold}' does not exist; this dataset has folds 0-{len(splits) - 1} and 'all'")
+        raise ConfigError(f"fold '{fold}' does not exist; this dataset has folds 0-{len(splits) - 1}, "
+                          f"'all' (each fold in turn) and '{FULL}' (one model on every case)")
     split = splits[int(fold)]
     empty = [side for side in ("train", "val") if not split[side]]
     if empty:  # the loader would fail later with a message that does not mention the splits
         raise ConfigError(f"fold {fold} has no {' and no '.join(empty)} cases; "
-                          "give it some in the splits file, or train fold 'all'")
+                          f"give it some in the splits file, or train fold '{FULL}'")
     return sorted(split["train"]), sorted(split["val"])
+
+
+def splits_for(dataset, splits_path: Path, num_folds: int = 5, group_by: str | None = None) -> list[Split]:
+    """The folds of a Dataset: its splits_final.json, else the workdir's splits.json, else new
+    seeded folds grouped by dataset.json "groups" or the `group_by` regex on case ids."""
+    case_ids = [c.case_id for c in dataset.cases]
+    groups = group_ids(case_ids, dataset.groups, group_by) if (dataset.groups or group_by) else None
+    return load_or_create_splits(case_ids, dataset.splits_file, splits_path, num_folds=num_folds, groups=groups)
 
 
 def fold_cases(dataset, splits_path: Path, fold: str, num_folds: int = 5,
                group_by: str | None = None) -> tuple[list[str], list[str]]:
-    """(train, val) case ids of `fold` for a Dataset; 'all' needs no splits."""
+    """(train, val) case ids of `fold` for a Dataset; 'full' needs no splits."""
     case_ids = [c.case_id for c in dataset.cases]
-    if fold == "all":
-        return cases_for_fold([], fold, case_ids)
-    groups = group_ids(case_ids, dataset.groups, group_by) if (dataset.groups or group_by) else None
-    splits = load_or_create_splits(case_ids, dataset.splits_file, splits_path, num_folds=num_folds, groups=groups)
+    splits = [] if fold == FULL else splits_for(dataset, splits_path, num_folds, group_by)
     return cases_for_fold(splits, fold, case_ids)

@@ -15,17 +15,13 @@ from typing import Any, Sequence
 import torch
 
 from autoseg import schema
-from autoseg.checkpoint import config_plan_of, load_checkpoint
+from autoseg.checkpoint import CHECKPOINT_PREFERENCE, LATEST, config_plan_of, load_checkpoint
 from autoseg.config import ConfigPlan
 from autoseg.errors import AutosegError, CheckpointError
 from autoseg.inference.device import resolve_inference_device
 
 log = logging.getLogger(__name__)
 
-# The trainer's checkpoint names, most preferred first (the trainer's run_folder.CHECKPOINTS;
-# restated here because inference never imports trainers).
-CHECKPOINT_PREFERENCE = ("checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_latest.pt")
-_UNFINISHED = "checkpoint_latest.pt"
 
 
 @dataclass
@@ -85,7 +81,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     for name in CHECKPOINT_PREFERENCE:
         if (path / name).is_file():
-            if name == _UNFINISHED:
+            if name == LATEST:
                 log.warning("%s: no final or best checkpoint; using %s (training has not finished)", path, name)
             return path / name
     raise CheckpointError(f"{path}: run folder holds none of {', '.join(CHECKPOINT_PREFERENCE)}; "

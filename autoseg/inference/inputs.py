@@ -3,6 +3,7 @@
     folder/CASE_0000.nii.gz, CASE_0001.nii.gz ...   one case per CASE, channels in index order
     folder/scan.nii.gz (no _XXXX channel suffix)      one case per file, id "scan"
     [a.png, b.mha, ...]                               one case per file, id = name without ending
+    [CaseInput(...), ...]                             cases given explicitly (e.g. a fold's validation cases)
     folder/ or folder/series1/ holding .dcm files     one case per series folder, id = folder name
 
 Each case names its output ending: the input's own, except DICOM series, which become .nii.gz.
@@ -48,7 +49,7 @@ def discover_cases(source: str | Path | Sequence[str | Path]) -> list[CaseInput]
     if isinstance(source, (str, Path)):
         cases = _folder_cases(Path(source))
     else:
-        cases = [_single_case(Path(p)) for p in source]
+        cases = [p if isinstance(p, CaseInput) else _single_case(Path(p)) for p in source]
     if not cases:
         raise ConfigError(f"{source}: no images found; expected image files ({', '.join(IMAGE_ENDINGS)}) "
                           "or DICOM series folders")

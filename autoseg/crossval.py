@@ -1,0 +1,102 @@
+"""Cross-validation: train each fold in turn, predict its validation cases, summarise.
+
+    <workdir>/runs/<dataset>/<config>/fold_<k>/                  one run folder per fold
+    <workdir>/runs/<dataset>/<config>/crossval/predictions/       out-of-fold label maps + .npz probabilities
+    <workdir>/runs/<dataset>/<config>/crossval/crossval.json      per-class mean Dice over every out-of-fold case
+
+Re-running the same command continues: finished folds are skipped, interrupted ones resume from
+their last checkpoint. `autoseg find-best` reads the crossval folders of every configuration.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from autoseg import schema
+from autoseg.checkpoint import FINAL, LATEST
+from autoseg.dataset import Dataset, load_dataset
+from autoseg.progress import ProgressFactory
+from autoseg.workdir import Workdir
+
+log = logging.getLogger(__name__)
+
+
+def crossval_dir(wd: Workdir, dataset: str, config: str) -> Path:
+    return wd.run_dir(dataset, config, 0).parent / "crossval"
+
+
+def run_status(run_dir: Path) -> str | None:
+    path = run_dir / "run.json"
+    return schema.read_json(path).get("status") if path.is_file() else None
+
+
+def cross_validate(
+    dataset_dir: str | Path,
+    config: str,
+    folds: Sequence[str] | None = None,
+    workdir: str | Path | None = None,
+    num_folds: int = 5,
+    group_by: str | None = None,
+    progress: ProgressFactory | None = None,
+    on_event=None,
+    **options,
+) -> Path:
+    """Train `folds` (default: every fold) of `config`, predict each fold's validation cases with its
+    final checkpoint, and write crossval.json. Returns the crossval folder."""
+    from autoseg.trainers.splits import splits_for
+
+    wd, dataset = Workdir.at(workdir), load_dataset(dataset_dir)
+    splits = splits_for(dataset, wd.splits_path(dataset.name), num_folds, group_by)
+    wanted = [str(f) for f in folds] if folds else [str(i) for i in range(len(splits))]
+    out = crossval_dir(wd, dataset.name, config)
+    for fold in wanted:
+        log.info("cross-validation of %s: fold %s of %d", config, fold, len(splits))
+        run, trained_now = _train_fold(dataset, config, fold, wd, num_folds, group_by, progress, on_event, options)
+        val_ids = splits[int(fold)]["val"]
+        _predict_out_of_fold(run, dataset, val_ids, out / "predictions", not trained_now, options, progress)
+    return _summarise(dataset, config, splits, wd, out)
+
+
+def _train_fold(dataset: Dataset, config: str, fold: str, wd: Workdir, num_folds, group_by, progress, on_event, options) -> tuple[Path, bool]:
+    """Skip a finished fold, resume an interrupted one, else train it; returns (run folder, trained now)."""
+    from autoseg import api
+
+    run = wd.run_dir(dataset.name, config, fold)
+    if run_status(run) == "finished" and (run / FINAL).is_file():
+        log.info("fold %s already finished: %s", fold, run)
+        return run, False
+    resume = (run / LATEST).is_file()
+    api.train(dataset.root, config, fold, wd.root, resume=resume, progress=progress, on_event=on_event,
+              num_folds=num_folds, group_by=group_by, **options)
+    return run, True
+
+
+def _predict_out_of_fold(run: Path, dataset: Dataset, val_ids: list[str], out: Path, keep_existing: bool, options: dict, progress) -> None:
+    from autoseg.inference.inputs import CaseInput
+    from autoseg.inference.predictor import Predictor, load_models, resolve_inference_device
+
+    device = resolve_inference_device(options.get("device", "auto"))
+    predictor = Predictor(load_models([run], device), device, options.get("precision", "auto"))
+    wanted = set(val_ids)
+    cases = [CaseInput(c.case_id, c.images, dataset.file_ending) for c in dataset.cases if c.case_id in wanted]
+    predictor.predict_folder(cases, out, save_probabilities=True, skip_existing=keep_existing, progress=progress)
+
+
+def _summarise(dataset: Dataset, config: str, splits: list, wd: Workdir, out: Path) -> Path:
+    """Score every out-of-fold case of the finished folds; `complete` once every fold is finished."""
+    from autoseg.evaluation import evaluate_folders
+
+    done = [str(i) for i in range(len(splits)) if run_status(wd.run_dir(dataset.name, config, i)) == "finished"]
+    cases = sorted(c for i in done for c in splits[int(i)]["val"])
+    summary = evaluate_folders(out / "predictions", dataset.root / "labelsTr", labels=dataset.labels,
+                               file_ending=dataset.file_ending, case_ids=cases)
+    document = {
+        "config": config, "dataset_dir": str(dataset.root.resolve()), "folds": done, "num_folds": len(splits),
+        "cases": cases, "complete": len(done) == len(splits),
+        "mean_foreground_dice": summary.mean_foreground_dice, "mean_per_class": summary.mean_per_class,
+    }
+    schema.write_json_atomic(out / "crossval.json", schema.json_safe(document))
+    log.info("cross-validation of %s: %d of %d folds, mean foreground Dice %.4f over %d cases",
+             config, len(done), len(splits), summary.mean_foreground_dice, len(cases))
+    return out
