@@ -301,3 +301,158 @@ def test_in_process_corrupt_case_names_the_case(tmp_path):
     (tmp_path / "bad_seg.npy").write_bytes(b"\x93NUMPY garbage")
     with loader_for(tmp_path, ["bad"], 0) as loader, pytest.raises(PreprocessingError, match="'bad'"):
         next(loader)
+
+
+# ---------------------------------------------------------------- reseeding persistent workers
+def take(loader, n):
+    return [next(loader) for _ in range(n)]
+
+
+def assert_same_batches(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        assert a["case_ids"] == b["case_ids"]
+        assert np.array_equal(a["data"].numpy(), b["data"].numpy())
+        assert all(np.array_equal(x.numpy(), y.numpy()) for x, y in zip(a["target"], b["target"]))
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2])
+def test_reseed_gives_the_stream_of_a_fresh_loader(tmp_path, num_workers):
+    slab_case(tmp_path)
+    corner_blob_case(tmp_path)
+    cases = ["slab", "blob"]
+    with loader_for(tmp_path, cases, num_workers, seed=11) as fresh:
+        expected = take(fresh, 4)
+    with loader_for(tmp_path, cases, num_workers, seed=3) as loader:
+        before = take(loader, 3)  # partly consumed; with workers, more are queued or in flight
+        loader.reseed(11)
+        assert_same_batches(take(loader, 4), expected)
+        loader.reseed(3)  # back to the first stream, from its start
+        assert_same_batches(take(loader, 3), before)
+        loader.reseed(3)  # the same seed again restarts the stream, since batches were taken
+        assert_same_batches(take(loader, 2), before[:2])
+    assert not np.array_equal(before[0]["data"].numpy(), expected[0]["data"].numpy())
+
+
+def test_reseed_right_after_reseed_and_at_the_stream_start(tmp_path):
+    slab_case(tmp_path)
+    with loader_for(tmp_path, ["slab"], 2, seed=5) as fresh:
+        expected = take(fresh, 3)
+    with loader_for(tmp_path, ["slab"], 2, seed=5) as loader:
+        time.sleep(0.5)  # let the workers fill their queues: a reseed to the same seed keeps them
+        loader.reseed(5)
+        for seed in (6, 7, 5):  # generations the workers may never even start
+            loader.reseed(seed)
+        assert_same_batches(take(loader, 3), expected)
+
+
+def test_workers_stay_the_same_processes_across_reseeds(tmp_path):
+    slab_case(tmp_path)
+    with loader_for(tmp_path, ["slab"], 2) as loader:
+        pids = [w.pid for w in loader._workers]
+        for seed in range(3):
+            loader.reseed(seed)
+            next(loader)
+        assert [w.pid for w in loader._workers] == pids and all(w.is_alive() for w in loader._workers)
+    assert not any(w.is_alive() for w in loader._workers)  # close() ended them
+
+
+def half_cracked_sampler(folder: Path) -> PatchSampler:
+    """Two cases; 'cracked' has a damaged label file, so only streams that draw it fail."""
+    slab_case(folder)
+    slab_case(folder, "cracked")
+    (folder / "cracked_seg.npy").write_bytes(b"\x93NUMPY garbage")
+    return PatchSampler(folder, ["slab", "cracked"], (8, 16, 16), 2, seed=0)
+
+
+def first_seed(sampler: PatchSampler, failing: bool, batches: int) -> int:
+    """The first seed whose in-process stream (= the stream of one worker) fails within `batches`
+    batches, or (failing=False) does not."""
+    for seed in range(100):
+        try:
+            take(make_loader(sampler, None, seed=seed), batches)
+        except PreprocessingError:
+            if failing:
+                return seed
+        else:
+            if not failing:
+                return seed
+    raise AssertionError("no such seed")
+
+
+def test_errors_of_an_abandoned_stream_are_dropped(tmp_path):
+    sampler = half_cracked_sampler(tmp_path)
+    bad, good = first_seed(sampler, failing=True, batches=1), first_seed(sampler, failing=False, batches=3)
+    with make_loader(sampler, None, num_workers=1, seed=bad, start_method="fork", num_cached=1) as loader:
+        time.sleep(0.5)  # the worker has failed and queued its error by now
+        loader.reseed(good)
+        assert_same_batches(take(loader, 3), take(make_loader(sampler, None, seed=good), 3))
+
+
+def test_error_after_reseed_names_the_case_and_the_loader_stays_failed(tmp_path):
+    sampler = half_cracked_sampler(tmp_path)
+    good, bad = first_seed(sampler, failing=False, batches=1), first_seed(sampler, failing=True, batches=1)
+    with make_loader(sampler, None, num_workers=2, seed=good, start_method="fork") as loader:
+        next(loader)
+        loader.reseed(bad)
+        with pytest.raises(PreprocessingError, match="'cracked'"):
+            next(loader)
+        with pytest.raises(PreprocessingError, match="'cracked'"):  # no hang on the closed workers
+            loader.reseed(good)
+
+
+def test_reseed_after_close_is_refused(tmp_path):
+    slab_case(tmp_path)
+    loader = loader_for(tmp_path, ["slab"], 0)
+    loader.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        loader.reseed(1)
+
+
+def test_spawned_worker_ignores_sigint_from_birth(tmp_path):
+    """Ctrl-C reaches the whole process group, also a worker still importing its modules; the
+    trainer stops the workers itself, so they must survive it."""
+    slab_case(tmp_path)
+    with loader_for(tmp_path, ["slab"], 1, start_method="spawn") as loader:
+        os.kill(loader._workers[0].pid, signal.SIGINT)  # at once: the worker is still starting up
+        assert next(loader)["data"].shape == (2, 1, 8, 16, 16)
+        assert loader._workers[0].is_alive()
+
+
+ORPHANING_PARENT = """
+import sys
+from autoseg.data import PatchSampler, make_loader
+sampler = PatchSampler(sys.argv[1], ["slab"], (8, 16, 16), 2)
+loader = make_loader(sampler, None, num_workers=1, start_method="fork", num_cached=1)
+next(loader)
+print(loader._workers[0].pid, flush=True)
+sys.stdin.read()  # wait to be killed
+"""
+
+
+def test_worker_exits_when_its_parent_is_killed(tmp_path):
+    import subprocess
+    import sys
+
+    slab_case(tmp_path)
+    parent = subprocess.Popen([sys.executable, "-c", ORPHANING_PARENT, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    worker_pid = int(parent.stdout.readline())
+    parent.kill()  # SIGKILL: no atexit handler stops the worker
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while process_running(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphan_survived = process_running(worker_pid)
+    if orphan_survived:
+        os.kill(worker_pid, signal.SIGKILL)  # leave no stray process behind a failing test
+    assert not orphan_survived, "the orphaned worker kept running"
+
+
+def process_running(pid: int) -> bool:
+    """True for a live process; False once it is gone or a zombie (exited, not yet reaped)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status

@@ -129,7 +129,7 @@ def interrupt_cli_run(dataset: Path, workdir: Path, signal_number: int) -> Path:
     # its own session: Ctrl-C in a terminal reaches the whole process group, loader worker included
     process = cli_train(dataset, workdir, "--workers", "1", start_new_session=True)
     wait_for(lambda: "epoch 1:" in ((run / "train.log").read_text() if (run / "train.log").is_file() else ""), 90, process)
-    time.sleep(0.4)  # into epoch 2's loader start-up (~1-3 s), when a worker is still importing
+    time.sleep(0.4)  # well inside epoch 2
     os.killpg(process.pid, signal_number)
     output = process.communicate(timeout=60)[0]
 

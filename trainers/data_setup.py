@@ -1,8 +1,8 @@
 """Training and validation batch sources for one configuration plan.
 
-A source (sampler + transforms) is built once per run; the trainer opens a fresh, freshly seeded
-loader from it every epoch, so the batches of epoch e depend only on (seed, e) and a resumed run
-sees what an uninterrupted one would have seen.
+A source (sampler + transforms) is built once per run, and so is its loader: the trainer reseeds
+the loader at every epoch (its workers keep running), so the batches of epoch e depend only on
+(seed, e) and a resumed run sees what an uninterrupted one would have seen.
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ class BatchSource:
     transforms: Transforms
 
     def loader(self, workers: int, seed: int) -> BatchLoader:
-        """An endless batch stream determined by (seed, workers); close it (or use `with`) when done."""
+        """An endless batch stream determined by (seed, workers), restarted by its `reseed(seed)`;
+        close it (or use `with`) when done."""
         return make_loader(self.sampler, self.transforms, num_workers=workers, seed=seed)
 
 

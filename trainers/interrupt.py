@@ -8,12 +8,10 @@ send before killing a job) is treated the same. A second signal aborts at once, 
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
 from types import FrameType
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +48,3 @@ class StopRequest:
         log.warning("%s received: stopping after the current step and saving a checkpoint "
                     "(send it again to abort without saving)", signal.Signals(signum).name)
 
-
-@contextlib.contextmanager
-def children_ignore_sigint() -> Iterator[None]:
-    """Processes started inside ignore SIGINT from birth (exec keeps an ignored signal ignored).
-
-    A terminal's Ctrl-C reaches the whole process group; a data loader worker still importing its
-    modules would die of it with a traceback instead of being stopped by its parent. A Ctrl-C
-    arriving during these few milliseconds is lost; pressing it again works.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,12 +19,13 @@ import torch
 from autoseg import schema
 from autoseg.checkpoint import capture_rng, load_checkpoint, model_payload, restore_rng, save_checkpoint
 from autoseg.config import ConfigPlan, Plan, TrainConfig
+from autoseg.data import BatchLoader
 from autoseg.errors import ConfigError, PreprocessingError
 from autoseg.networks import build_network
 from autoseg.registry import TRAINERS
 from autoseg.trainers.curves import write_progress_png
 from autoseg.trainers.data_setup import check_cases, training_source, validation_source
-from autoseg.trainers.interrupt import StopRequest, children_ignore_sigint
+from autoseg.trainers.interrupt import StopRequest
 from autoseg.trainers.loss import DeepSupervisionLoss
 from autoseg.trainers.precision import resolve_precision
 from autoseg.trainers.run_folder import CHECKPOINTS, check_resumable, checkpoint_path, write_run_json
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 EventCallback = Callable[[str, dict], None]
 EMA_MOMENTUM = 0.9
+EPOCHS_PER_BUDGET = 10  # a time-budgeted run validates at least this often
 
 
 @dataclass
@@ -104,23 +107,26 @@ class Trainer:
         check_cases(folder, sorted(set(self.train_ids) | set(self.val_ids)))
         self.train_source = training_source(self.config, folder, self.train_ids, self.batch_size, oversample)
         self.val_source = validation_source(self.config, folder, self.val_ids, self.batch_size, 0.33)
-        while not (stop.requested or self._finished()):
-            try:
-                with self._epoch_loaders() as (train_batches, val_batches):
+        with self._open_loaders() as (train_batches, val_batches):
+            while not (stop.requested or self._finished()):
+                try:
+                    self._seed_epoch_streams(train_batches, val_batches)
                     self._train_epoch(train_batches, stop)
                     if not stop.requested:  # a partial epoch is neither validated nor counted
+                        # the workers prepare the next epoch's batches while validation runs
+                        train_batches.reseed(self._stream_seeds(self.state.epoch + 1, 0)[0])
                         self._end_epoch(val_batches)
-            except PreprocessingError:
-                # A scheduler's SIGTERM to the whole process group also ends the loader workers. The
-                # failure came from next(), before any state changed: the stop still ends consistently.
-                if not stop.requested:
-                    raise
-                log.debug("a data loader worker ended with the stop signal", exc_info=True)
+                except PreprocessingError:
+                    # A scheduler's SIGTERM to the whole process group also ends the loader workers. The
+                    # failure came from next(), before any state changed: the stop still ends consistently.
+                    if not stop.requested:
+                        raise
+                    log.debug("a data loader worker ended with the stop signal", exc_info=True)
 
     def _train_epoch(self, batches: Iterator[dict], stop: StopRequest) -> None:
         self.model.train()
         s, started, done_before = self.state, time.monotonic(), self.state.iteration
-        while s.iteration < self.options.iters_per_epoch and not stop.requested and not self._out_of_time():
+        while s.iteration < self.options.iters_per_epoch and not (stop.requested or self._out_of_time() or self._epoch_time_up(started)):
             batch = next(batches)
             self._set_lr()
             s.epoch_losses.append(self._train_step(batch["data"], batch["target"]))
@@ -144,7 +150,7 @@ class Trainer:
 
     def _end_epoch(self, val_batches: Iterator[dict]) -> None:
         started, s = time.monotonic(), self.state
-        val_loss, dice = pseudo_dice(self.model, val_batches, self.options.val_iters, self.loss, self.precision, len(self.plan.labels))
+        val_loss, dice = pseudo_dice(self.model, val_batches, self._validation_batches(), self.loss, self.precision, len(self.plan.labels))
         mean_dice = float(np.nanmean(dice)) if np.isfinite(dice).any() else 0.0
         s.ema_dice = mean_dice if s.ema_dice is None else EMA_MOMENTUM * s.ema_dice + (1 - EMA_MOMENTUM) * mean_dice
         train_loss = float(np.mean(s.epoch_losses)) if s.epoch_losses else float("nan")
@@ -182,6 +188,19 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = poly_lr(self.options.lr, self._fraction_done())
 
+    def _epoch_time_up(self, started: float) -> bool:
+        """With a time budget an epoch also ends after a tenth of the budget, so that even a short
+        run validates, saves a best checkpoint and draws its curves several times."""
+        budget = self.options.time_budget_s
+        return bool(budget) and time.monotonic() - started >= budget / EPOCHS_PER_BUDGET
+
+    def _validation_batches(self) -> int:
+        """With a time budget validation stays near 10% of the epoch's time (a forward pass costs
+        about a third of a training step); otherwise `val_iters`."""
+        if not self.options.time_budget_s:
+            return self.options.val_iters
+        return max(1, min(self.options.val_iters, math.ceil(0.3 * len(self.state.epoch_losses))))
+
     def _out_of_time(self) -> bool:
         return bool(self.options.time_budget_s) and self._fraction_done() >= 1.0
 
@@ -201,25 +220,35 @@ class Trainer:
                 "it_per_s": rate, "eta_s": max(remaining, 0.0), "fraction_done": done, "ema_dice": s.ema_dice}
 
     # ------------------------------------------------------------------ data
-    def _stream_seed(self, stream: int, iteration: int = 0) -> int:
-        return int(np.random.SeedSequence([self.options.seed, self.state.epoch, stream, iteration]).generate_state(1)[0] % 2**31)
+    def _stream_seeds(self, epoch: int, iteration: int) -> tuple[int, int]:
+        """(training, validation) loader seeds for an epoch entered at `iteration`: a resumed run sees
+        the batches an uninterrupted one would. Resuming mid-epoch replays the batches already used
+        in --deterministic mode, else starts a stream seeded by the iteration too (cheaper, same
+        distribution)."""
+        train_iteration = 0 if self.options.deterministic else iteration
+        return tuple(int(np.random.SeedSequence([self.options.seed, epoch, stream, i]).generate_state(1)[0] % 2**31)
+                     for stream, i in ((0, train_iteration), (1, 0)))
 
     @contextlib.contextmanager
-    def _epoch_loaders(self) -> Iterator[tuple[Iterator[dict], Iterator[dict]]]:
-        """This epoch's training and validation streams, seeded by (seed, epoch): a resumed run sees
-        the batches an uninterrupted one would. Resuming mid-epoch replays the batches already used
-        in --deterministic mode, else reseeds (cheaper, same distribution). Both open now, so the
-        validation worker starts up while training runs."""
+    def _open_loaders(self) -> Iterator[tuple[BatchLoader, BatchLoader]]:
+        """The run's training and validation loaders; their workers live until the run ends (starting
+        them costs seconds). Opened at the first epoch's seeds, so its reseeds cost nothing, and
+        both at once, so the validation worker starts up while training runs."""
         o, s = self.options, self.state
-        replay = s.iteration if o.deterministic else 0
-        with contextlib.ExitStack() as stack:
-            train_seed = self._stream_seed(0, 0 if o.deterministic else s.iteration)
-            with children_ignore_sigint():  # stopping the workers is this process's job
-                train = stack.enter_context(self.train_source.loader(o.workers, train_seed))
-                val = stack.enter_context(self.val_source.loader(min(1, o.workers), self._stream_seed(1)))
-            for _ in range(replay):
-                next(train)
+        train_seed, val_seed = self._stream_seeds(s.epoch, s.iteration)
+        with (self.train_source.loader(o.workers, train_seed) as train,
+              self.val_source.loader(min(1, o.workers), val_seed) as val):
             yield train, val
+
+    def _seed_epoch_streams(self, train: BatchLoader, val: BatchLoader) -> None:
+        """Restart both streams at this epoch's seeds (free for a stream already there), then replay
+        the batches a --deterministic run used before it was interrupted mid-epoch."""
+        s = self.state
+        train_seed, val_seed = self._stream_seeds(s.epoch, s.iteration)
+        train.reseed(train_seed)
+        val.reseed(val_seed)
+        for _ in range(s.iteration if self.options.deterministic else 0):
+            next(train)
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, kind: str) -> None:
