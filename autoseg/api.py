@@ -183,12 +183,17 @@ def predict_folder(
     precision: str = "auto",
     keep_largest: bool = False,
     progress: ProgressFactory | None = None,
+    max_tile_growth: float = 1.25,
 ) -> list[Path]:
-    """Predict every case of a folder (nnU-Net naming), a list of files, or DICOM series folders."""
-    from autoseg.inference.predictor import Predictor, load_models, resolve_inference_device
+    """Predict every case of a folder (nnU-Net naming), a list of files, or DICOM series folders.
+    `max_tile_growth`: an axis the image exceeds the patch along by at most this factor is covered
+    by one grown tile instead of overlapping patches (1.0: always patch-sized tiles)."""
+    from autoseg.devices import resolve_device
+    from autoseg.inference.predictor import Predictor, load_models
 
-    resolved = resolve_inference_device(device)
-    predictor = Predictor(load_models(models, resolved), resolved, precision, tta, step_fraction, keep_largest=keep_largest)
+    resolved = resolve_device(device)
+    predictor = Predictor(load_models(models, resolved), resolved, precision, tta, step_fraction,
+                          keep_largest=keep_largest, max_tile_growth=max_tile_growth)
     return predictor.predict_folder(inputs, output_dir, save_probabilities, skip_existing, progress)
 
 

@@ -207,6 +207,7 @@ def predict(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16"),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest component of each class"),
+    max_tile_growth: float = typer.Option(1.25, "--max-tile-growth", help="Cover an axis up to this factor longer than the patch with one tile (1: patch-sized tiles only)"),
 ) -> None:
     """Predict label maps that carry each input's exact geometry."""
     from autoseg import api
@@ -220,7 +221,8 @@ def predict(
                     raise ConfigError("--keep-largest does not apply to a model bundle: its postprocessing was decided by find-best")
                 written = api.predict_bundle_folder(source, output, models[0], save_probabilities, resume, tta, step, device, precision, progress)
             else:
-                written = api.predict_folder(source, output, models, save_probabilities, resume, tta, step, device, precision, keep_largest, progress)
+                written = api.predict_folder(source, output, models, save_probabilities, resume, tta, step, device, precision,
+                                             keep_largest, progress, max_tile_growth)
     out.print(f"wrote {len(written)} prediction(s) to [bold]{output}[/]")
 
 

@@ -74,9 +74,10 @@ def _train_fold(dataset: Dataset, config: str, fold: str, wd: Workdir, num_folds
 
 def _predict_out_of_fold(run: Path, dataset: Dataset, val_ids: list[str], out: Path, keep_existing: bool, options: dict, progress) -> None:
     from autoseg.inference.inputs import CaseInput
-    from autoseg.inference.predictor import Predictor, load_models, resolve_inference_device
+    from autoseg.devices import resolve_device
+    from autoseg.inference.predictor import Predictor, load_models
 
-    device = resolve_inference_device(options.get("device", "auto"))
+    device = resolve_device(options.get("device", "auto"))
     predictor = Predictor(load_models([run], device), device, options.get("precision", "auto"))
     wanted = set(val_ids)
     cases = [CaseInput(c.case_id, c.images, dataset.file_ending) for c in dataset.cases if c.case_id in wanted]

@@ -21,20 +21,17 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from autoseg.errors import ConfigError, DatasetError, ImageIOError
-from autoseg.io import IMAGE_ENDINGS, PLAIN_2D_ENDINGS, Geometry, file_ending, read_image, read_label
+from autoseg.errors import ConfigError, DatasetError
+from autoseg.io import IMAGE_ENDINGS, PLAIN_2D_ENDINGS, file_ending
+from autoseg.dataset_checks import DATASET_JSON, check_contents, preview as _preview, rel as _rel, relative_message as _relative_message
 from autoseg.schema import read_json
 
 logger = logging.getLogger(__name__)
 
-DATASET_JSON = "dataset.json"
 SPLITS_FILE = "splits_final.json"
 TRAINING_FOLDERS = ("imagesTr", "labelsTr")
 _KEY_EXAMPLES = {"channel_names": '{"0": "CT"}', "labels": '{"background": 0, "L1": 1}',
@@ -109,7 +106,7 @@ def validate_dataset(root: str | Path, workers: int = 2, progress: Callable[[int
     scan = _scan(Path(root))
     if scan.meta.channel_names is not None:
         all_cases = scan.cases + scan.test_cases
-        scan.problems += _check_contents(all_cases, scan.meta, scan.root, workers, progress)
+        scan.problems += check_contents(all_cases, scan.meta, scan.root, workers, progress)
     _raise_if_problems(scan.root, scan.problems)
     logger.info("validated %s: %d training and %d test cases in %.1f s", scan.root.name,
                 len(scan.cases), len(scan.test_cases), time.perf_counter() - started)
@@ -340,115 +337,6 @@ _PARSERS: dict[str, Callable[[object], object]] = {
 }
 
 
-# ---------------------------------------------------------------- file contents
-def _check_contents(cases: list[Case], meta: _Metadata, root: Path, workers: int,
-                    progress: Callable[[int], object] | None) -> list[str]:
-    """Read every case once, `workers` cases in parallel (SimpleITK and numpy release the GIL)."""
-    reports: list[tuple[list[str], int | None]] = [([], None)] * len(cases)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(_check_case, case, meta, root): i for i, case in enumerate(cases)}
-        for future in as_completed(futures):
-            reports[futures[future]] = future.result()
-            if progress is not None:
-                progress(1)
-    problems = [line for lines, _ in reports for line in lines]  # case order, not completion order
-    mixed = _mixed_dimensions(cases, [ndim for _, ndim in reports])
-    return problems + ([mixed] if mixed else [])
-
-
-def _check_case(case: Case, meta: _Metadata, root: Path) -> tuple[list[str], int | None]:
-    """All problems of one case and its spatial dimensionality (None if nothing was readable)."""
-    problems: list[str] = []
-    reference = _check_label(case.label, meta.labels, root, problems) if case.label is not None else None
-    expected_components = len(meta.channel_names) if len(case.images) == 1 else 1
-    for path in case.images:
-        grid = _check_image(path, expected_components, meta.file_ending, root, problems)
-        if grid is None:
-            continue
-        if reference is None:
-            reference = (path, *grid)
-        else:
-            problems.extend(_grid_mismatch(path, grid, reference, root))
-    return problems, (len(reference[1]) if reference else None)
-
-
-def _check_label(path: Path, labels: dict[str, int] | None, root: Path,
-                 problems: list[str]) -> tuple[Path, tuple[int, ...], Geometry] | None:
-    try:
-        label, geometry = read_label(path)
-    except ImageIOError as exc:
-        problems.append(_relative_message(exc, root))
-        return None
-    if labels is not None:
-        undeclared = sorted(set(_label_values(label)) - set(labels.values()))
-        if undeclared:
-            problems.append(f"{_rel(path, root)}: label value(s) {_preview(undeclared)} not declared in {DATASET_JSON} "
-                            f"labels (declared 0..{len(labels) - 1}); fix the label file or declare the values")
-    return path, label.shape, geometry
-
-
-def _check_image(path: Path, expected_components: int, ending: str, root: Path,
-                 problems: list[str]) -> tuple[tuple[int, ...], Geometry] | None:
-    try:
-        array, geometry = read_image(path)
-    except ImageIOError as exc:
-        problems.append(_relative_message(exc, root))
-        return None
-    found = array.shape[0]
-    if found != expected_components:
-        problems.append(_component_problem(_rel(path, root), found, expected_components, ending))
-    if np.issubdtype(array.dtype, np.floating):  # NIfTI's reader already turns NaN into 0; NRRD/MHA keep it
-        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
-        if bad:
-            problems.append(f"{_rel(path, root)}: {bad} NaN/inf value(s); replace them (e.g. with the image minimum)")
-    return array.shape[1:], geometry
-
-
-def _component_problem(name: str, found: int, expected: int, ending: str) -> str:
-    if expected == 1:
-        kind = "color components" if ending in PLAIN_2D_ENDINGS else "channels (4D or vector image)"
-        return (f"{name}: has {found} {kind}, expected grayscale; convert it to one channel, or store one "
-                f"file per channel, or declare {found} channels in {DATASET_JSON} for a colour file")
-    return (f"{name}: has {found} component(s), expected {expected} because {DATASET_JSON} declares {expected} "
-            "channels and this case has only this file; add the missing _0001.. channel files")
-
-
-def _grid_mismatch(path: Path, grid: tuple[tuple[int, ...], Geometry],
-                   reference: tuple[Path, tuple[int, ...], Geometry], root: Path) -> list[str]:
-    (shape, geometry), (ref_path, ref_shape, ref_geometry) = grid, reference
-    if shape != ref_shape:
-        return [f"{_rel(path, root)}: shape {shape} differs from {_rel(ref_path, root)} shape {ref_shape}; "
-                "all channels and the label of a case must share one grid"]
-    if not geometry.matches(ref_geometry):
-        return [f"{_rel(path, root)}: geometry differs from {_rel(ref_path, root)} "
-                f"({_geometry_difference(geometry, ref_geometry)}); resample one onto the other's grid"]
-    return []
-
-
-def _geometry_difference(a: Geometry, b: Geometry) -> str:
-    parts = [f"{name} {getattr(a, name)} vs {getattr(b, name)}" for name in ("spacing", "origin", "direction")
-             if not np.allclose(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-4)]
-    return "; ".join(parts) or "differences above tolerance"
-
-
-def _label_values(label: np.ndarray) -> list[int]:
-    """Distinct values; bincount is far faster than np.unique for the usual small non-negative labels."""
-    if label.size and label.min() >= 0 and label.max() < 65536:
-        return np.flatnonzero(np.bincount(label.ravel())).tolist()
-    return np.unique(label).tolist()
-
-
-def _mixed_dimensions(cases: list[Case], ndims: list[int | None]) -> str | None:
-    by_ndim: dict[int, list[str]] = {}
-    for case, ndim in zip(cases, ndims):
-        if ndim is not None:
-            by_ndim.setdefault(ndim, []).append(case.case_id)
-    if len(by_ndim) < 2:
-        return None
-    listing = ", ".join(f"{ndim}D: {_preview(ids, 3)}" for ndim, ids in sorted(by_ndim.items()))
-    return f"cases mix 2D and 3D images ({listing}); a dataset must be all 2D or all 3D"
-
-
 # ---------------------------------------------------------------- helpers
 def _to_dataset(scan: _Scan) -> Dataset:
     meta, root = scan.meta, scan.root
@@ -466,18 +354,3 @@ def _raise_if_problems(root: Path, problems: list[str]) -> None:
 
 def _channel_file_name(case_id: str, channel: int, ending: str) -> str:
     return f"{case_id}_{channel:04d}{ending}"
-
-
-def _rel(path: Path, root: Path) -> str:
-    """Paths relative to the dataset folder keep problem lines short; the header names the folder."""
-    return path.relative_to(root).as_posix()
-
-
-def _relative_message(exc: Exception, root: Path) -> str:
-    return str(exc).replace(f"{root}{os.sep}", "")
-
-
-def _preview(items: Iterable[object], limit: int = 5) -> str:
-    items = list(items)
-    shown = ", ".join(repr(i) for i in items[:limit])
-    return f"[{shown}{f', ... (+{len(items) - limit} more)' if len(items) > limit else ''}]"

@@ -24,7 +24,7 @@ from autoseg import io
 from autoseg.ensembling import apply_postprocessing, labels_from_probabilities
 from autoseg.errors import CheckpointError
 from autoseg.inference.bundle import ModelBundle, load_bundle, member_checkpoints
-from autoseg.inference.device import resolve_inference_device
+from autoseg.devices import resolve_device
 from autoseg.inference.ensemble import load_models
 from autoseg.inference.predictor import Inferred, Predictor
 from autoseg.preprocessing import restore_original
@@ -45,7 +45,7 @@ class BundlePredictor(Predictor):
     def __init__(self, bundle_path: str | Path, device: str | torch.device = "auto", precision: str = "auto",
                  tta: bool = True, step_fraction: float = 0.5, tile_batch_size: int | None = None):
         self.bundle, base = load_bundle(bundle_path)
-        target = resolve_inference_device(device)
+        target = resolve_device(device)
         self.member_predictors = [
             Predictor(load_models(paths, target), target, precision, tta, step_fraction, tile_batch_size)
             for paths in member_checkpoints(self.bundle, base)

@@ -18,7 +18,7 @@ from autoseg import schema
 from autoseg.checkpoint import CHECKPOINT_PREFERENCE, LATEST, config_plan_of, load_checkpoint
 from autoseg.config import ConfigPlan
 from autoseg.errors import AutosegError, CheckpointError
-from autoseg.inference.device import resolve_inference_device
+from autoseg.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def load_models(run_dirs_or_checkpoints: Sequence[str | Path] | str | Path,
     sources = [run_dirs_or_checkpoints] if isinstance(run_dirs_or_checkpoints, (str, Path)) else list(run_dirs_or_checkpoints)
     if not sources:
         raise CheckpointError("no model given; pass at least one run folder or checkpoint file")
-    target = resolve_inference_device(device)
+    target = resolve_device(device)
     loaded = [load_member(source, target) for source in sources]
     first_member, first_payload = loaded[0]
     for member, payload in loaded[1:]:

@@ -24,17 +24,18 @@ import torch
 from autoseg import io
 from autoseg.atomic import atomic_write
 from autoseg.errors import ConfigError
-from autoseg.inference.device import resolve_inference_device, resolve_inference_precision
+from autoseg.devices import resolve_device, resolve_precision
 from autoseg.inference.ensemble import Ensemble, Member, load_models
 from autoseg.inference.inputs import CaseInput, channel_count_message, check_case_headers, discover_cases
 from autoseg.inference.sliding_window import predict_slices, sliding_window_predict
+from autoseg.inference.tiling import DEFAULT_MAX_GROWTH, inference_tile, total_strides
 from autoseg.postprocessing import keep_largest_component
 from autoseg.preprocessing import preprocess_case, restore_original
 from autoseg.progress import ProgressFactory, task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Predictor", "predict", "load_models", "resolve_inference_device", "resolve_inference_precision",
+__all__ = ["Predictor", "predict", "load_models",
            "probabilities_path"]
 
 
@@ -61,16 +62,17 @@ class Predictor:
 
     def __init__(self, ensemble: Ensemble, device: str | torch.device = "auto", precision: str = "auto",
                  tta: bool = True, step_fraction: float = 0.5, tile_batch_size: int | None = None,
-                 keep_largest: bool | Sequence[int] = False):
+                 keep_largest: bool | Sequence[int] = False, max_tile_growth: float = DEFAULT_MAX_GROWTH):
         if not 0 < step_fraction <= 1:
             raise ConfigError(f"step_fraction must be in (0, 1] (0.5 = tiles overlap by half), found {step_fraction}")
         if tile_batch_size is not None and tile_batch_size < 1:
             raise ConfigError(f"tile_batch_size must be at least 1 (or None for the default), found {tile_batch_size}")
-        self.device = resolve_inference_device(device)
-        self.precision = resolve_inference_precision(precision, self.device)
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.ensemble = ensemble.to(self.device)
         self.tta, self.step_fraction, self.tile_batch_size = tta, step_fraction, tile_batch_size
         self.keep_largest = keep_largest
+        self.max_tile_growth = max_tile_growth  # 1.0: always the training patch (nnU-Net's tiling)
 
     # ------------------------------------------------------------------ arrays
     def predict_array(self, image: np.ndarray, geometry: io.Geometry, case_id: str = "case") -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +104,9 @@ class Predictor:
                                    "mirror_axes": tuple(config.mirror_axes) if self.tta else ()}
         if self.tile_batch_size is not None:
             options["tile_batch_size"] = self.tile_batch_size
-        args = (member.model, data, config.patch_size, config.network.num_classes)
+        spatial = data.shape[1:] if config.network.ndim == data.ndim - 1 else data.shape[2:]
+        tile = inference_tile(config.patch_size, spatial, total_strides(config.network.strides), self.max_tile_growth)
+        args = (member.model, data, tile, config.network.num_classes)
         if config.network.ndim == data.ndim - 1:
             return sliding_window_predict(*args, **options)
         return predict_slices(*args, **options)  # a 2D network on a 3D volume, slice by slice

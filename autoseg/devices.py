@@ -1,6 +1,6 @@
-"""Device and precision choice for prediction (inference never imports the trainers' resolver).
+"""Device and precision choice, shared by training and prediction.
 
-Precision is returned as the name `sliding_window_predict` understands: "fp32", "bf16" or "fp16".
+Precision is a name: "fp32", "bf16" or "fp16" (PRECISIONS maps it to the autocast dtype).
 """
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import torch
 
 from autoseg.errors import ConfigError
 
-PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_NAMES = ("auto", *PRECISIONS)
 
 
-def resolve_inference_device(name: str | torch.device = "auto") -> torch.device:
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """auto: the CUDA GPU when there is one, else the CPU; otherwise check that `name` exists."""
     if isinstance(name, torch.device):
         name = str(name)
@@ -30,7 +31,7 @@ def resolve_inference_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def resolve_inference_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device) -> str:
     """auto: bf16 on CUDA GPUs that support it (fp16 on older ones), fp32 elsewhere."""
     if precision not in PRECISION_NAMES:
         raise ConfigError(f"precision '{precision}' is unknown; use one of {', '.join(PRECISION_NAMES)}")

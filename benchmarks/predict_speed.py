@@ -1,0 +1,107 @@
+"""Prediction speed, peak memory and Dice on this machine's CPU.
+
+    .venv/bin/python benchmarks/predict_speed.py --xray-run RUN_2D --ct-run RUN_3D [--cases 20]
+
+RUN_2D: a 2d run of ../shared/data/Dataset601_SpineXrayAP (e.g. `autoseg train ... 2d 0 --time-budget 10m`);
+its fold's validation cases (unseen in training) are predicted. RUN_3D: a 3d_fullres run trained on the
+lumbar-ct phantom at clinical spacing (`autoseg example lumbar-ct DIR --scale 2.5`); unseen phantom
+cases (another seed) are predicted. Every variant runs in a fresh subprocess; the table gives the
+wall time per case (read, preprocess, sliding window, resample back, write), the peak resident memory
+of the process tree and the mean foreground Dice of the predictions.
+
+Variants: `patch tiles, fp32` is nnU-Net's way (patch-sized tiles at half-patch steps, fp32 on CPU);
+`grown tiles` lets one tile cover an axis the image exceeds the patch along by <= 25%
+(`--max-tile-growth`); `bf16` adds bfloat16 autocast (fast on CPUs with AVX512-BF16/AMX).
+Results are appended to benchmarks/results/predict_speed.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from process_tree import PeakMemory  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+XRAY = ROOT.parent / "shared" / "data" / "Dataset601_SpineXrayAP"
+VARIANTS = {  # name: (precision, max_tile_growth)
+    "patch tiles, fp32": ("fp32", 1.0),
+    "grown tiles, fp32": ("fp32", 1.25),
+    "grown tiles, bf16": ("bf16", 1.25),
+}
+OUT = Path("/tmp/autoseg_predict_bench")
+
+
+def _xray_cases(run: Path, count: int) -> tuple[list[Path], Path]:
+    val = json.loads((run / "run.json").read_text())["val_cases"][:count]
+    return [XRAY / "imagesTr" / f"{case}_0000.png" for case in val], XRAY / "labelsTr"
+
+
+def _ct_cases(count: int) -> tuple[list[Path], Path]:
+    from autoseg import api
+
+    folder = OUT / "ct_unseen" / "Dataset903_LumbarCT"
+    if not folder.exists():
+        api.example("lumbar-ct", OUT / "ct_unseen", cases=count, seed=101, scale=2.5)
+    return sorted((folder / "imagesTr").glob("*_0000.nii.gz"))[:count], folder / "labelsTr"
+
+
+def child(args) -> None:
+    """Predict in this process and write timing + Dice as JSON."""
+    from autoseg import api
+
+    files, labels = _xray_cases(Path(args.run), args.cases) if args.scenario == "xray" else _ct_cases(args.cases)
+    precision, growth = VARIANTS[args.variant]
+    out = OUT / f"{args.scenario}-{args.variant.replace(', ', '-').replace(' ', '_')}-{args.tta}"
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    api.predict_folder(files, out, [args.run], tta=args.tta == "tta", precision=precision, max_tile_growth=growth, device="cpu")
+    seconds = (time.perf_counter() - started) / len(files)
+    dice = api.evaluate(out, labels, workers=1).mean_foreground_dice
+    Path(args.result).write_text(json.dumps({"seconds_per_case": seconds, "dice": dice, "cases": len(files)}))
+
+
+def measure(scenario: str, run: str, variant: str, tta: str, cases: int) -> dict:
+    result = OUT / "result.json"
+    command = [sys.executable, __file__, "--child", scenario, "--run", run, "--variant", variant, "--tta", tta,
+               "--cases", str(cases), "--result", str(result)]
+    with PeakMemory() as peak:
+        subprocess.run(command, check=True, cwd=ROOT)
+    return {**json.loads(result.read_text()), "peak_gb": peak.peak / 1024**3, "scenario": scenario, "variant": variant, "tta": tta}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--xray-run")
+    parser.add_argument("--ct-run")
+    parser.add_argument("--cases", type=int, default=20, help="X-ray cases (CT: a fifth of it, at least 2)")
+    parser.add_argument("--child")
+    parser.add_argument("--run")
+    parser.add_argument("--variant", choices=list(VARIANTS))
+    parser.add_argument("--tta", choices=("tta", "no-tta"))
+    parser.add_argument("--result")
+    args = parser.parse_args()
+    if args.child:
+        args.scenario = args.child
+        return child(args)
+    OUT.mkdir(parents=True, exist_ok=True)
+    jobs = [("xray", args.xray_run, args.cases)] if args.xray_run else []
+    jobs += [("ct", args.ct_run, max(2, args.cases // 5))] if args.ct_run else []
+    rows = [measure(s, run, v, t, n) for s, run, n in jobs for t in ("no-tta", "tta") for v in VARIANTS]
+    lines = [f"\n### {time.strftime('%Y-%m-%d')}, CPU (2 cores)\n",
+             "| data | TTA | variant | s/case | peak memory | mean fg Dice | cases |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['scenario']} | {r['tta']} | {r['variant']} | {r['seconds_per_case']:.2f} | {r['peak_gb']:.2f} GB | "
+              f"{r['dice']:.4f} | {r['cases']} |" for r in rows]
+    results = ROOT / "benchmarks" / "results" / "predict_speed.md"
+    with results.open("a") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
