@@ -40,5 +40,5 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             return "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp16" and device.type == "cpu":
-        raise ConfigError("precision fp16 is not supported on the CPU; use fp32 or bf16")
+        raise ConfigError("precision fp16 is not supported on CPU; use fp32 or bf16")
     return precision

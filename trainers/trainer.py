@@ -73,6 +73,7 @@ class Trainer:
         self.loss = DeepSupervisionLoss()
         self.state = TrainState()
         self._epoch_end_cost_s = 0.0  # last validation + checkpoint time, kept free at the end of a budget
+        self._fraction = 0.0  # of the run done; only grows
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False) -> TrainState:
@@ -182,7 +183,9 @@ class Trainer:
         o, s = self.options, self.state
         by_iterations = (s.epoch * o.iters_per_epoch + s.iteration) / (o.epochs * o.iters_per_epoch)
         by_time = (s.elapsed_s + self._epoch_end_cost_s) / o.time_budget_s if o.time_budget_s else 0.0
-        return min(max(by_iterations, by_time), 1.0)
+        # the reserve for the end of an epoch varies, so never let the schedule step back
+        self._fraction = min(max(by_iterations, by_time, self._fraction), 1.0)
+        return self._fraction
 
     def _set_lr(self) -> None:
         for group in self.optimizer.param_groups:
