@@ -21,6 +21,7 @@ from autoseg.checkpoint import capture_rng, load_checkpoint, model_payload, rest
 from autoseg.config import ConfigPlan, Plan, TrainConfig
 from autoseg.data import BatchLoader
 from autoseg.errors import ConfigError, PreprocessingError
+from autoseg.malloc import reuse_freed_memory
 from autoseg.networks import build_network
 from autoseg.registry import TRAINERS
 from autoseg.trainers.curves import write_progress_png
@@ -60,6 +61,7 @@ class Trainer:
         self.train_ids, self.val_ids = train_ids, val_ids
         self.on_event = on_event or (lambda kind, info: None)
         self.plan_hash = schema.content_hash(config)
+        reuse_freed_memory()  # a third faster steps on CPU: no page faults for every activation
         self.precision = resolve_precision(options.precision, options.device)
         self.batch_size = options.batch_size or config.batch_size
         if options.deterministic:

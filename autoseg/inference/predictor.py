@@ -28,6 +28,7 @@ from autoseg.devices import resolve_device, resolve_precision
 from autoseg.inference.ensemble import Ensemble, Member, load_models
 from autoseg.inference.inputs import CaseInput, channel_count_message, check_case_headers, discover_cases
 from autoseg.inference.sliding_window import predict_slices, sliding_window_predict
+from autoseg.malloc import reuse_freed_memory
 from autoseg.inference.tiling import DEFAULT_MAX_GROWTH, inference_tile, total_strides
 from autoseg.postprocessing import keep_largest_component
 from autoseg.preprocessing import preprocess_case, restore_original
@@ -67,6 +68,7 @@ class Predictor:
             raise ConfigError(f"step_fraction must be in (0, 1] (0.5 = tiles overlap by half), found {step_fraction}")
         if tile_batch_size is not None and tile_batch_size < 1:
             raise ConfigError(f"tile_batch_size must be at least 1 (or None for the default), found {tile_batch_size}")
+        reuse_freed_memory()  # tiles' activations are reused instead of re-faulted for every forward
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.ensemble = ensemble.to(self.device)
