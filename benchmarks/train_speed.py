@@ -9,7 +9,7 @@ memory of the whole process tree (trainer + data-loader workers), sampled from /
 Scenarios (patch and batch as planned by autoseg, and at the sizes nnU-Net v2 was measured with):
   xray-2d-plan        Dataset601 (../shared/data), 2d plan (patch 512x192, batch 21)
   xray-2d-ref         Dataset601, patch 512x384, batch 2 (nnU-Net v2: ~3.9 s/iteration here)
-  ct-3d-plan          lumbar-ct phantom at clinical spacing (~120x160x160 at 2.2x0.88x0.88 mm), 3d_fullres plan
+  ct-3d-plan          lumbar-ct phantom, 96x160x160 at ~2.6x0.86x0.86 mm, 3d_fullres plan
   ct-3d-ref           same data, patch 96x160x128, batch 2 (nnU-Net v2: ~46 s/iteration, ~12 GB peak here)
 Results are appended to benchmarks/results/train_speed.md.
 """
@@ -44,7 +44,7 @@ def _dataset(kind: str, workdir: Path) -> Path:
         return SHARED_XRAY
     folder = workdir / "data" / "Dataset903_LumbarCT"
     if not folder.exists():
-        api.example("lumbar-ct", workdir / "data", cases=4, seed=0, scale=2.5)
+        api.example("lumbar-ct", workdir / "data", cases=4, seed=0, scale=2.5, slice_factor=0.8)
     return folder
 
 
