@@ -57,3 +57,20 @@ def test_cross_validation_find_best_and_predict_with_the_best_model(tmp_path):
         assert label.shape == source.shape[1:] and geometry == source_geometry
     result = invoke("evaluate", tmp_path / "pred", images.parent / "labelsTr")
     assert "vertebra" in result.output and Path(tmp_path / "pred" / "summary.json").is_file()
+
+
+def test_two_configurations_cross_validated_and_ensembled_by_find_best(tmp_path):
+    work = tmp_path / "work"
+    invoke("example", "lumbar-ct", tmp_path / "data", "--cases", 4)
+    dataset = tmp_path / "data" / "Dataset903_LumbarCT"
+    fast = ("--epochs", 1, "--iters-per-epoch", 1, "--val-iters", 1, "--workers", 0, "--num-folds", 2, "--batch-size", 2)
+    for config in ("2d", "3d_fullres"):
+        invoke("train", dataset, config, "all", "-w", work, *fast)
+
+    invoke("find-best", dataset.name, "-w", work)
+    best = json.loads((work / "runs" / dataset.name / "best.json").read_text())
+    names = [row["name"] for row in best["ranking"]]
+    assert sorted(names) == sorted(["2d", "3d_fullres", "2d+3d_fullres"]), names
+    assert best["ranking"][0]["mean_foreground_dice"] >= best["ranking"][-1]["mean_foreground_dice"]
+    for member in best["members"]:  # every checkpoint best.json names exists
+        assert all((work / "runs" / dataset.name / c).is_file() for c in member["checkpoints"])
