@@ -54,15 +54,24 @@ def _ct_cases(count: int) -> tuple[list[Path], Path]:
 def child(args) -> None:
     """Predict in this process and write timing + Dice as JSON."""
     from autoseg import api
+    from autoseg.inference.inputs import CaseInput
+    from autoseg.io import file_ending
 
-    files, labels = _xray_cases(Path(args.run), args.cases) if args.scenario == "xray" else _ct_cases(args.cases)
+    if args.scenario == "xray":
+        files, labels = _xray_cases(Path(args.run), args.cases)
+    elif args.scenario == "ct":
+        files, labels = _ct_cases(args.cases)
+    else:  # "cxr:<dataset folder>"
+        folder = Path(args.scenario.split(":", 1)[1])
+        files, labels = sorted((folder / "imagesTr").glob("*.png"))[:args.cases], folder / "labelsTr"
     precision, growth = VARIANTS[args.variant]
-    out = OUT / f"{args.scenario}-{args.variant.replace(', ', '-').replace(' ', '_')}-{args.tta}"
+    out = OUT / f"{args.scenario.split(':')[0]}-{args.variant.replace(', ', '-').replace(' ', '_')}-{args.tta}"
     shutil.rmtree(out, ignore_errors=True)
+    cases = [CaseInput(f.name.split("_0000")[0], (f,), file_ending(f)) for f in files]  # ids as in labelsTr
     started = time.perf_counter()
-    api.predict_folder(files, out, [args.run], tta=args.tta == "tta", precision=precision, max_tile_growth=growth, device="cpu")
+    api.predict_folder(cases, out, [args.run], tta=args.tta == "tta", precision=precision, max_tile_growth=growth, device="cpu")
     seconds = (time.perf_counter() - started) / len(files)
-    dice = api.evaluate(out, labels, workers=1).mean_foreground_dice
+    dice = api.evaluate(out, labels, workers=1, case_ids=[c.case_id for c in cases]).mean_foreground_dice
     Path(args.result).write_text(json.dumps({"seconds_per_case": seconds, "dice": dice, "cases": len(files)}))
 
 
@@ -79,6 +88,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--xray-run")
     parser.add_argument("--ct-run")
+    parser.add_argument("--cxr-run", help="a run of the cervical-xray phantom (e.g. make demo's), for a Dice check on a well-trained model")
+    parser.add_argument("--cxr-data", help="unseen cervical-xray phantom dataset folder (e.g. demo_work/test_data/Dataset901_CervicalXray)")
     parser.add_argument("--cases", type=int, default=20, help="X-ray cases (CT: a fifth of it, at least 2)")
     parser.add_argument("--child")
     parser.add_argument("--run")
@@ -92,10 +103,11 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     jobs = [("xray", args.xray_run, args.cases)] if args.xray_run else []
     jobs += [("ct", args.ct_run, max(2, args.cases // 5))] if args.ct_run else []
+    jobs += [(f"cxr:{args.cxr_data}", args.cxr_run, args.cases)] if args.cxr_run else []
     rows = [measure(s, run, v, t, n) for s, run, n in jobs for t in ("no-tta", "tta") for v in VARIANTS]
     lines = [f"\n### {time.strftime('%Y-%m-%d')}, CPU (2 cores)\n",
              "| data | TTA | variant | s/case | peak memory | mean fg Dice | cases |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['scenario']} | {r['tta']} | {r['variant']} | {r['seconds_per_case']:.2f} | {r['peak_gb']:.2f} GB | "
+    lines += [f"| {r['scenario'].split(':')[0]} | {r['tta']} | {r['variant']} | {r['seconds_per_case']:.2f} | {r['peak_gb']:.2f} GB | "
               f"{r['dice']:.4f} | {r['cases']} |" for r in rows]
     results = ROOT / "benchmarks" / "results" / "predict_speed.md"
     with results.open("a") as f:
