@@ -90,7 +90,8 @@ def main() -> None:
     parser.add_argument("--ct-run")
     parser.add_argument("--cxr-run", help="a run of the cervical-xray phantom (e.g. make demo's), for a Dice check on a well-trained model")
     parser.add_argument("--cxr-data", help="unseen cervical-xray phantom dataset folder (e.g. demo_work/test_data/Dataset901_CervicalXray)")
-    parser.add_argument("--cases", type=int, default=20, help="X-ray cases (CT: a fifth of it, at least 2)")
+    parser.add_argument("--cases", type=int, default=20, help="X-ray cases")
+    parser.add_argument("--ct-cases", type=int, default=2, help="CT phantom cases")
     parser.add_argument("--child")
     parser.add_argument("--run")
     parser.add_argument("--variant", choices=list(VARIANTS))
@@ -102,7 +103,7 @@ def main() -> None:
         return child(args)
     OUT.mkdir(parents=True, exist_ok=True)
     jobs = [("xray", args.xray_run, args.cases)] if args.xray_run else []
-    jobs += [("ct", args.ct_run, max(2, args.cases // 5))] if args.ct_run else []
+    jobs += [("ct", args.ct_run, args.ct_cases)] if args.ct_run else []
     jobs += [(f"cxr:{args.cxr_data}", args.cxr_run, args.cases)] if args.cxr_run else []
     rows = [measure(s, run, v, t, n) for s, run, n in jobs for t in ("no-tta", "tta") for v in VARIANTS]
     lines = [f"\n### {time.strftime('%Y-%m-%d')}, CPU (2 cores)\n",

@@ -22,3 +22,16 @@ def test_growth_limit_and_disabling():
 
 def test_shorter_axes_keep_the_patch():
     assert inference_tile((96, 96), (50, 97), (32, 32)) == (96, 96)  # 97 -> 128 > 1.25 * 96
+
+
+def test_patches_per_forward_shrinks_with_the_tile_and_is_at_least_one():
+    import torch
+
+    from autoseg.config import NetworkPlan
+    from autoseg.inference.tiling import patches_per_forward
+
+    plan = NetworkPlan("unet", 3, 1, 3, (8, 16, 32), ((3, 3, 3),) * 3, ((1, 1, 1), (2, 2, 2), (2, 2, 2)))
+    small = patches_per_forward(plan, (16, 16, 16), torch.device("cpu"))
+    large = patches_per_forward(plan, (64, 128, 128), torch.device("cpu"))
+    assert small > large >= 1
+    assert patches_per_forward(plan, (64, 128, 128), torch.device("cpu"), fraction=1e-9) == 1

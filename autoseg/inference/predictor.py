@@ -29,7 +29,7 @@ from autoseg.inference.ensemble import Ensemble, Member, load_models
 from autoseg.inference.inputs import CaseInput, channel_count_message, check_case_headers, discover_cases
 from autoseg.inference.sliding_window import predict_slices, sliding_window_predict
 from autoseg.malloc import reuse_freed_memory
-from autoseg.inference.tiling import DEFAULT_MAX_GROWTH, inference_tile, total_strides
+from autoseg.inference.tiling import DEFAULT_MAX_GROWTH, inference_tile, patches_per_forward, total_strides
 from autoseg.postprocessing import keep_largest_component
 from autoseg.preprocessing import preprocess_case, restore_original
 from autoseg.progress import ProgressFactory, task
@@ -108,6 +108,7 @@ class Predictor:
             options["tile_batch_size"] = self.tile_batch_size
         spatial = data.shape[1:] if config.network.ndim == data.ndim - 1 else data.shape[2:]
         tile = inference_tile(config.patch_size, spatial, total_strides(config.network.strides), self.max_tile_growth)
+        options["max_patches_per_forward"] = patches_per_forward(config.network, (1, *tile)[-config.network.ndim:], self.device)
         args = (member.model, data, tile, config.network.num_classes)
         if config.network.ndim == data.ndim - 1:
             return sliding_window_predict(*args, **options)

@@ -87,6 +87,7 @@ def sliding_window_predict(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     progress: Progress | None = None,
+    max_patches_per_forward: int | None = None,
 ) -> torch.Tensor:
     """Predict logits (num_classes, *spatial), float32 on CPU, for image (C, *spatial).
 
@@ -94,11 +95,12 @@ def sliding_window_predict(
     the 2**len(mirror_axes) mirror combinations of `mirror_axes` (spatial axes, 0-based).
     Axes shorter than the patch are zero-padded symmetrically and cropped back. One forward
     call sees `tile_batch_size * 2**len(mirror_axes)` patches; on CUDA out-of-memory that batch
-    is split. `precision` "bf16"/"fp16" enables autocast on CUDA (and "bf16" on CPU).
+    is split, and never exceeds `max_patches_per_forward` (a memory bound; on the CPU running out
+    of memory is fatal). `precision` "bf16"/"fp16" enables autocast on CUDA (and "bf16" on CPU).
     """
     logit_sum, weight_sum, crop = _accumulate(
         model, image, patch_size, num_classes, step_fraction,
-        tile_batch_size, mirror_axes, torch.device(device), precision, progress,
+        tile_batch_size, mirror_axes, torch.device(device), precision, progress, max_patches_per_forward,
     )
     logit_sum /= weight_sum  # broadcasts over the class axis
     return logit_sum[(slice(None), *crop)].to("cpu").contiguous()  # no copy unless padded
@@ -116,6 +118,7 @@ def sliding_window_accumulate(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     progress: Progress | None = None,
+    max_patches_per_forward: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Like `sliding_window_predict` but return the raw sums, both float32 on CPU.
 
@@ -125,7 +128,7 @@ def sliding_window_accumulate(
     """
     logit_sum, weight_sum, crop = _accumulate(
         model, image, patch_size, num_classes, step_fraction,
-        tile_batch_size, mirror_axes, torch.device(device), precision, progress,
+        tile_batch_size, mirror_axes, torch.device(device), precision, progress, max_patches_per_forward,
     )
     return logit_sum[(slice(None), *crop)].to("cpu").contiguous(), weight_sum[crop].to("cpu").contiguous()
 
@@ -141,6 +144,7 @@ def _accumulate(
     device: torch.device,
     precision: str,
     progress: Progress | None,
+    max_patches_per_forward: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[slice, ...]]:
     """Weighted logit and weight sums over the padded image, plus the crop back to the input."""
     _check_inputs(image, patch_size, num_classes, tile_batch_size, mirror_axes, precision)
@@ -151,6 +155,7 @@ def _accumulate(
     logit_sum, weight_sum = _allocate_accumulators(num_classes, padded_size, device)
     importance = gaussian_importance(patch, device=logit_sum.device)
     forward = _TileForward(model, num_classes, mirror_axes, _autocast(device, precision))
+    forward.max_batch = max_patches_per_forward
     tiles = _tile_slices(padded_size, patch, step_fraction)
     for first in range(0, len(tiles), tile_batch_size):
         batch_slices = tiles[first:first + tile_batch_size]
@@ -361,6 +366,7 @@ def predict_slices(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     progress: Progress | None = None,
+    max_patches_per_forward: int | None = None,
 ) -> torch.Tensor:
     """Predict a 3D volume (C, z, y, x) with a 2D model, slice by slice along axis 0.
 
@@ -385,5 +391,5 @@ def predict_slices(
     _warn_if_training(model2d)
     return sliding_window_predict(
         model_on_slabs, image3d, (1, *patch_size), num_classes, step_fraction,
-        tile_batch_size, [int(a) + 1 for a in mirror_axes], device, precision, progress,
+        tile_batch_size, [int(a) + 1 for a in mirror_axes], device, precision, progress, max_patches_per_forward,
     )
