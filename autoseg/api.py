@@ -86,17 +86,22 @@ def preprocess(
     progress: ProgressFactory | None = None,
 ) -> Path:
     """Preprocess every training case for one configuration (skipped when already up to date)."""
+    return _prepare(dataset_dir, config, Workdir.at(workdir), workers, progress, force)[2]
+
+
+def _prepare(dataset_dir, config: str, wd: Workdir, workers: int, progress, force: bool = False) -> tuple[Dataset, Plan, Path]:
+    """The dataset, its plan (made first if missing) and the configuration's preprocessed folder."""
     from autoseg.dataset import load_dataset
     from autoseg.preprocessing import preprocess_dataset
 
-    wd = Workdir.at(workdir)
     dataset = load_dataset(dataset_dir)
     decided = load_or_make_plan(dataset, wd, workers, progress)
     decided.config(config)  # unknown configuration: a PlanError naming the planned ones
-    return preprocess_dataset(
+    folder = preprocess_dataset(
         dataset, decided, config, wd.preprocessed_dir(dataset.name, config), workers=workers,
         progress=task(progress, f"Preprocessing {config}", len(dataset.cases)), force=force,
     )
+    return dataset, decided, folder
 
 
 def train(
@@ -115,7 +120,6 @@ def train(
     """Train one fold ("0".."k-1", or "full" for every case) of one configuration; returns the run
     folder. `options` are TrainConfig fields. Folds: see `cross_validate`."""
     from autoseg.config import TrainConfig
-    from autoseg.dataset import load_dataset
     from autoseg.registry import TRAINERS
     from autoseg.trainers.run_folder import run_log
     from autoseg.trainers.splits import fold_cases
@@ -123,10 +127,8 @@ def train(
     import autoseg.trainers  # noqa: F401  (registers trainers)
 
     wd = Workdir.at(workdir)
-    dataset = load_dataset(dataset_dir)
     workers = max(1, options.get("workers", 2))  # process pools; the loader itself may run in-process (0)
-    folder = preprocess(dataset_dir, config, wd.root, workers=workers, progress=progress)
-    decided = load_or_make_plan(dataset, wd, workers, progress)
+    dataset, decided, folder = _prepare(dataset_dir, config, wd, workers, progress)
     train_ids, val_ids = fold_cases(dataset, wd.splits_path(dataset.name), str(fold), num_folds, group_by)
     train_config = TrainConfig(dataset_name=dataset.name, config=config, fold=str(fold), **options)
     run = Path(run_dir) if run_dir else wd.run_dir(dataset.name, config, fold)

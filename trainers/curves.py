@@ -15,12 +15,16 @@ COLORS = {"train_loss": (31, 119, 180), "val_loss": (255, 127, 14), "pseudo_dice
 def _polyline(draw: ImageDraw.ImageDraw, values: list[float], lo: float, hi: float, box, color) -> None:
     x0, y0, x1, y1 = box
     finite = [(i, v) for i, v in enumerate(values) if np.isfinite(v)]
-    if len(finite) < 1:
+    if not finite:
         return
     n = max(len(values) - 1, 1)
     span = (hi - lo) or 1.0
     points = [(x0 + (x1 - x0) * i / n, y1 - (y1 - y0) * (v - lo) / span) for i, v in finite]
-    draw.line(points, fill=color, width=2) if len(points) > 1 else draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2], fill=color)
+    if len(points) > 1:
+        draw.line(points, fill=color, width=2)
+    else:  # one epoch so far: a dot
+        x, y = points[0]
+        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
 
 
 def _panel(draw, history, keys, box, title, fixed_range=None) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from autoseg import io
-from autoseg.atomic import atomic_write
+from autoseg.ensembling import labels_from_probabilities, save_probabilities
 from autoseg.errors import ConfigError
 from autoseg.devices import resolve_device, resolve_precision
 from autoseg.inference.ensemble import Ensemble, Member, load_models
@@ -115,9 +115,7 @@ class Predictor:
         return predict_slices(*args, **options)  # a 2D network on a 3D volume, slice by slice
 
     def _labels(self, probabilities: np.ndarray) -> np.ndarray:
-        values = np.asarray(self.ensemble.label_values)
-        dtype = np.uint8 if values.max() < 256 else np.int16
-        label = values.astype(dtype)[np.argmax(probabilities, axis=0)]
+        label = labels_from_probabilities(probabilities, self.ensemble.label_values)
         if self.keep_largest is False:
             return label
         classes = None if self.keep_largest is True else list(self.keep_largest)
@@ -181,11 +179,7 @@ class Predictor:
         return output_path
 
     def _write_probabilities(self, path: Path, probabilities: np.ndarray) -> None:
-        # np.savez would append .npz to a temp name lacking it, so write through a file object
-        with atomic_write(path) as tmp, open(tmp, "wb") as stream:
-            np.savez_compressed(stream, probabilities=probabilities.astype(np.float16),
-                                label_names=np.array(self.ensemble.label_names),
-                                label_values=np.array(self.ensemble.label_values, dtype=np.int32))
+        save_probabilities(path, probabilities, self.ensemble.label_values, self.ensemble.label_names)
 
     # ------------------------------------------------------------------ folders
     def predict_folder(self, input_dir_or_files: str | Path | Sequence[str | Path], output_dir: str | Path,

@@ -98,12 +98,11 @@ def sliding_window_predict(
     is split, and never exceeds `max_patches_per_forward` (a memory bound; on the CPU running out
     of memory is fatal). `precision` "bf16"/"fp16" enables autocast on CUDA (and "bf16" on CPU).
     """
-    logit_sum, weight_sum, crop = _accumulate(
-        model, image, patch_size, num_classes, step_fraction,
-        tile_batch_size, mirror_axes, torch.device(device), precision, progress, max_patches_per_forward,
+    logit_sum, weight_sum = sliding_window_accumulate(
+        model, image, patch_size, num_classes, step_fraction, tile_batch_size, mirror_axes, device, precision,
+        progress, max_patches_per_forward,
     )
-    logit_sum /= weight_sum  # broadcasts over the class axis
-    return logit_sum[(slice(None), *crop)].to("cpu").contiguous()  # no copy unless padded
+    return logit_sum.div_(weight_sum)  # broadcasts over the class axis
 
 
 @torch.inference_mode()
