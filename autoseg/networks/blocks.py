@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from autoseg.networks.norm_act import instance_norm_leaky_relu
+
 Spatial = tuple[int, ...]
 
 LEAKY_SLOPE = 0.01
@@ -52,7 +54,11 @@ def make_norm(ndim: int, channels: int) -> nn.Module:
 
 
 class ConvNormAct(nn.Module):
-    """Conv -> InstanceNorm -> LeakyReLU (in place, so the norm output and the activation share memory)."""
+    """Conv -> InstanceNorm -> LeakyReLU.
+
+    Training runs norm and activation as one step that keeps only its output (norm_act.py);
+    inference and export use the plain modules (in-place activation), with identical results.
+    """
 
     def __init__(self, ndim: int, in_ch: int, out_ch: int, kernel: Sequence[int], stride: Sequence[int]):
         super().__init__()
@@ -62,11 +68,16 @@ class ConvNormAct(nn.Module):
         self.act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.conv(x)))
+        y = self.conv(x)
+        if self.training and torch.is_grad_enabled() and not torch.jit.is_tracing():
+            return instance_norm_leaky_relu(y, self.norm.weight, self.norm.bias, self.norm.eps, LEAKY_SLOPE)
+        return self.act(self.norm(y))
 
     def activation_elements(self, input_spatial: Spatial) -> tuple[int, Spatial]:
         out = conv_output_spatial(input_spatial, self.kernel, self.stride)
-        # conv output (kept by the norm) + norm output, activated in place (kept by act and the next conv)
+        # Budgeted as the textbook chain keeps it: conv output (for the norm) + the activated
+        # output. The fused training step keeps only the latter, so this is a safe upper bound
+        # that keeps plans comparable with nnU-Net's.
         return 2 * numel(self.out_ch, out), out
 
 
