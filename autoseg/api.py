@@ -185,11 +185,11 @@ def predict_folder(
     precision: str = "auto",
     keep_largest: bool = False,
     progress: ProgressFactory | None = None,
-    max_tile_growth: float = 1.25,
+    max_tile_growth: float = 1.5,
 ) -> list[Path]:
     """Predict every case of a folder (nnU-Net naming), a list of files, or DICOM series folders.
-    `max_tile_growth`: an axis the image exceeds the patch along by at most this factor is covered
-    by one grown tile instead of overlapping patches (1.0: always patch-sized tiles)."""
+    `max_tile_growth`: tiles may grow up to this factor of the patch per axis where that computes
+    fewer voxels than overlapping patches (1.0: always patch-sized tiles, nnU-Net's tiling)."""
     from autoseg.devices import resolve_device
     from autoseg.inference.predictor import Predictor, load_models
 

@@ -4,6 +4,9 @@ Precision is a name: "fp32", "bf16" or "fp16" (PRECISIONS maps it to the autocas
 """
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
 
 from autoseg.errors import ConfigError
@@ -31,14 +34,31 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 on CUDA GPUs that support it (fp16 on older ones), fp32 elsewhere."""
+def resolve_precision(precision: str, device: torch.device, inference: bool = False) -> str:
+    """auto: bf16 on CUDA GPUs that support it (fp16 on older ones), fp32 elsewhere; for
+    inference also bf16 on CPUs that compute it natively (about twice as fast there)."""
     if precision not in PRECISION_NAMES:
         raise ConfigError(f"precision '{precision}' is unknown; use one of {', '.join(PRECISION_NAMES)}")
     if precision == "auto":
+        if device.type == "cpu":
+            return "bf16" if inference and cpu_has_native_bf16() else "fp32"
         if device.type != "cuda":
             return "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("precision fp16 is not supported on CPU; use fp32 or bf16")
     return precision
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU has bfloat16 instructions (AVX512-BF16 or AMX) for oneDNN to use.
+
+    Elsewhere bf16 is emulated and slower than fp32. Read from /proc/cpuinfo (Linux); False
+    where that is not available.
+    """
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) and torch.backends.mkldnn.is_available()

@@ -10,8 +10,10 @@ wall time per case (read, preprocess, sliding window, resample back, write), the
 of the process tree and the mean foreground Dice of the predictions.
 
 Variants: `patch tiles, fp32` is nnU-Net's way (patch-sized tiles at half-patch steps, fp32 on CPU);
-`grown tiles` lets one tile cover an axis the image exceeds the patch along by <= 25%
-(`--max-tile-growth`); `bf16` adds bfloat16 autocast (fast on CPUs with AVX512-BF16/AMX).
+`planned tiles` lets tiles grow up to 1.5x the patch where that computes fewer voxels
+(`--max-tile-growth`); `bf16` adds bfloat16 autocast (what `--precision auto` picks for prediction
+on CPUs with AVX512-BF16/AMX). `agree` is the fraction of voxels whose label equals the
+`patch tiles, fp32` prediction (a check that holds even for a briefly trained model).
 Results are appended to benchmarks/results/predict_speed.md.
 """
 from __future__ import annotations
@@ -29,10 +31,10 @@ from process_tree import PeakMemory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 XRAY = ROOT.parent / "shared" / "data" / "Dataset601_SpineXrayAP"
-VARIANTS = {  # name: (precision, max_tile_growth)
+VARIANTS = {  # name: (precision, max_tile_growth); the first is the reference for `agree`
     "patch tiles, fp32": ("fp32", 1.0),
-    "grown tiles, fp32": ("fp32", 1.25),
-    "grown tiles, bf16": ("bf16", 1.25),
+    "planned tiles, fp32": ("fp32", 1.5),
+    "planned tiles, bf16": ("bf16", 1.5),
 }
 OUT = Path("/tmp/autoseg_predict_bench")
 
@@ -65,7 +67,7 @@ def child(args) -> None:
         folder = Path(args.scenario.split(":", 1)[1])
         files, labels = sorted((folder / "imagesTr").glob("*.png"))[:args.cases], folder / "labelsTr"
     precision, growth = VARIANTS[args.variant]
-    out = OUT / f"{args.scenario.split(':')[0]}-{args.variant.replace(', ', '-').replace(' ', '_')}-{args.tta}"
+    out = _output_dir(args.scenario, args.variant, args.tta)
     shutil.rmtree(out, ignore_errors=True)
     cases = [CaseInput(f.name.split("_0000")[0], (f,), file_ending(f)) for f in files]  # ids as in labelsTr
     started = time.perf_counter()
@@ -75,13 +77,32 @@ def child(args) -> None:
     Path(args.result).write_text(json.dumps({"seconds_per_case": seconds, "dice": dice, "cases": len(files)}))
 
 
+def _output_dir(scenario: str, variant: str, tta: str) -> Path:
+    return OUT / f"{scenario.split(':')[0]}-{variant.replace(', ', '-').replace(' ', '_')}-{tta}"
+
+
+def label_agreement(folder: Path, reference: Path) -> float:
+    """Fraction of voxels, over all cases, whose predicted label equals the reference prediction's."""
+    import numpy as np
+
+    from autoseg.io import read_label
+
+    same = total = 0
+    for ref in sorted(p for p in reference.iterdir() if not p.name.startswith("summary")):
+        a, b = read_label(folder / ref.name)[0], read_label(ref)[0]
+        same, total = same + int(np.count_nonzero(a == b)), total + a.size
+    return same / max(total, 1)
+
+
 def measure(scenario: str, run: str, variant: str, tta: str, cases: int) -> dict:
     result = OUT / "result.json"
     command = [sys.executable, __file__, "--child", scenario, "--run", run, "--variant", variant, "--tta", tta,
                "--cases", str(cases), "--result", str(result)]
     with PeakMemory() as peak:
         subprocess.run(command, check=True, cwd=ROOT)
-    return {**json.loads(result.read_text()), "peak_gb": peak.peak / 1024**3, "scenario": scenario, "variant": variant, "tta": tta}
+    reference = _output_dir(scenario, next(iter(VARIANTS)), tta)
+    return {**json.loads(result.read_text()), "peak_gb": peak.peak / 1024**3, "scenario": scenario, "variant": variant, "tta": tta,
+            "agree": label_agreement(_output_dir(scenario, variant, tta), reference)}
 
 
 def main() -> None:
@@ -107,9 +128,9 @@ def main() -> None:
     jobs += [(f"cxr:{args.cxr_data}", args.cxr_run, args.cases)] if args.cxr_run else []
     rows = [measure(s, run, v, t, n) for s, run, n in jobs for t in ("no-tta", "tta") for v in VARIANTS]
     lines = [f"\n### {time.strftime('%Y-%m-%d')}, CPU (2 cores)\n",
-             "| data | TTA | variant | s/case | peak memory | mean fg Dice | cases |", "|---|---|---|---|---|---|---|"]
+             "| data | TTA | variant | s/case | peak memory | mean fg Dice | agree | cases |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['scenario'].split(':')[0]} | {r['tta']} | {r['variant']} | {r['seconds_per_case']:.2f} | {r['peak_gb']:.2f} GB | "
-              f"{r['dice']:.4f} | {r['cases']} |" for r in rows]
+              f"{r['dice']:.4f} | {r['agree']:.4f} | {r['cases']} |" for r in rows]
     results = ROOT / "benchmarks" / "results" / "predict_speed.md"
     with results.open("a") as f:
         f.write("\n".join(lines) + "\n")

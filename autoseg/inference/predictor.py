@@ -29,7 +29,7 @@ from autoseg.inference.ensemble import Ensemble, Member, load_models
 from autoseg.inference.inputs import CaseInput, channel_count_message, check_case_headers, discover_cases
 from autoseg.inference.sliding_window import predict_slices, sliding_window_predict
 from autoseg.malloc import reuse_freed_memory
-from autoseg.inference.tiling import DEFAULT_MAX_GROWTH, inference_tile, patches_per_forward, total_strides
+from autoseg.inference.tiling import DEFAULT_MAX_GROWTH, choose_tile, patches_per_forward
 from autoseg.postprocessing import keep_largest_component
 from autoseg.preprocessing import preprocess_case, restore_original
 from autoseg.progress import ProgressFactory, task
@@ -70,7 +70,7 @@ class Predictor:
             raise ConfigError(f"tile_batch_size must be at least 1 (or None for the default), found {tile_batch_size}")
         reuse_freed_memory()  # tiles' activations are reused instead of re-faulted for every forward
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = resolve_precision(precision, self.device, inference=True)
         self.ensemble = ensemble.to(self.device)
         self.tta, self.step_fraction, self.tile_batch_size = tta, step_fraction, tile_batch_size
         self.keep_largest = keep_largest
@@ -107,7 +107,7 @@ class Predictor:
         if self.tile_batch_size is not None:
             options["tile_batch_size"] = self.tile_batch_size
         spatial = data.shape[1:] if config.network.ndim == data.ndim - 1 else data.shape[2:]
-        tile = inference_tile(config.patch_size, spatial, total_strides(config.network.strides), self.max_tile_growth)
+        tile = choose_tile(config.network, config.patch_size, spatial, self.device, self.max_tile_growth, self.step_fraction)
         options["max_patches_per_forward"] = patches_per_forward(config.network, (1, *tile)[-config.network.ndim:], self.device)
         args = (member.model, data, tile, config.network.num_classes)
         if config.network.ndim == data.ndim - 1:

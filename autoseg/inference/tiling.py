@@ -1,10 +1,11 @@
-"""Tile size for inference: the training patch, grown along axes the image barely exceeds.
+"""Tile size for inference: the training patch, grown where that computes fewer voxels.
 
-An image 120 voxels deep with a 112-voxel patch needs two tiles at half-patch steps, which
-compute 104 of the slices twice. The network is fully convolutional, so one tile grown to the
-whole axis (rounded up to the network's total stride) gives the same kind of prediction at
-about half the cost. Growth is allowed only up to `max_growth` per axis, which bounds the extra
-memory of one forward pass (1.25 per axis: at most 1.25^3 ~ 2x a patch's activations in 3D).
+An image 130 slices deep with a 112-slice patch needs two tiles at half-patch steps: 224
+slices computed for 130. The network is fully convolutional, so one tile grown to 144 slices
+(the axis rounded up to the network's total stride) gives the same kind of prediction for 64%
+of the work. Per axis, the tile is the size between the patch and `max_growth` x the patch
+that covers the axis (at the usual steps) with the fewest computed voxels; ties keep the
+smaller tile. One grown tile's activations must fit the free memory, else the patch is used.
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from typing import Sequence
 import torch
 
 from autoseg.config import NetworkPlan
-from autoseg.networks import activation_elements
+from autoseg.inference.sliding_window import tile_starts
+from autoseg.networks import inference_elements
 
-DEFAULT_MAX_GROWTH = 1.25
+DEFAULT_MAX_GROWTH = 1.5
+MEMORY_FRACTION = 0.4  # of the free memory one forward pass may take
 
 
 def total_strides(strides: Sequence[Sequence[int]]) -> tuple[int, ...]:
@@ -26,13 +29,21 @@ def total_strides(strides: Sequence[Sequence[int]]) -> tuple[int, ...]:
 
 
 def inference_tile(patch: Sequence[int], image: Sequence[int], divisible_by: Sequence[int],
-                   max_growth: float = DEFAULT_MAX_GROWTH) -> tuple[int, ...]:
-    """Per axis: the patch, or the whole (stride-rounded) axis when that is at most `max_growth` x the patch."""
-    tile = []
-    for p, s, d in zip(patch, image, divisible_by):
-        grown = math.ceil(s / d) * d
-        tile.append(grown if p < s and grown <= p * max_growth else p)
-    return tuple(tile)
+                   max_growth: float = DEFAULT_MAX_GROWTH, step_fraction: float = 0.5) -> tuple[int, ...]:
+    """Per axis, the tile (the patch, or a stride multiple up to `max_growth` x it) computing fewest voxels."""
+    return tuple(_axis_tile(int(p), int(s), int(d), max_growth, step_fraction) for p, s, d in zip(patch, image, divisible_by))
+
+
+def _axis_tile(patch: int, size: int, stride: int, max_growth: float, step_fraction: float) -> int:
+    if size <= patch:
+        return patch  # padded up to the patch, as in training
+    largest = min(math.floor(patch * max_growth), math.ceil(size / stride) * stride)
+    candidates = [patch, *range(math.ceil((patch + 1) / stride) * stride, largest + 1, stride)]
+    return min(candidates, key=lambda tile: (_computed_voxels(size, tile, step_fraction), tile))
+
+
+def _computed_voxels(size: int, tile: int, step_fraction: float) -> int:
+    return len(tile_starts([size], [tile], step_fraction)[0]) * tile
 
 
 def available_memory_bytes(device: torch.device) -> int:
@@ -45,16 +56,26 @@ def available_memory_bytes(device: torch.device) -> int:
         return 8 << 30
 
 
-def patches_per_forward(network: NetworkPlan, tile: Sequence[int], device: torch.device, fraction: float = 0.4) -> int | None:
-    """How many tiles one forward pass may take within `fraction` of the free memory.
+def tile_bytes(network: NetworkPlan, tile: Sequence[int]) -> int:
+    """Upper bound on one tile's forward-pass memory in float32."""
+    return 4 * inference_elements(network, tuple(int(t) for t in tile))
 
-    A training forward keeps every activation for backward; inference frees them as it goes, so
-    4 bytes per training-kept element bounds a patch's inference footprint from above. Running
-    out of memory is recoverable on a GPU (the window halves its batch) but fatal on the CPU.
-    None (no bound) for a registered network that does not account for its activations.
+
+def patches_per_forward(network: NetworkPlan, tile: Sequence[int], device: torch.device,
+                        fraction: float = MEMORY_FRACTION) -> int:
+    """How many tiles one forward pass may take within `fraction` of the free memory (at least 1).
+
+    Running out of memory is recoverable on a GPU (the window halves its batch) but fatal on the CPU.
     """
-    try:
-        per_patch = 4 * activation_elements(network, tuple(int(t) for t in tile))
-    except AttributeError:
-        return None
-    return max(1, int(available_memory_bytes(device) * fraction // per_patch))
+    return max(1, int(available_memory_bytes(device) * fraction // tile_bytes(network, tile)))
+
+
+def choose_tile(network: NetworkPlan, patch: Sequence[int], image: Sequence[int], device: torch.device,
+                max_growth: float = DEFAULT_MAX_GROWTH, step_fraction: float = 0.5) -> tuple[int, ...]:
+    """`inference_tile` for this network, falling back to the patch when one grown tile would not fit in memory."""
+    patch = tuple(int(p) for p in patch)
+    tile = inference_tile(patch, image, total_strides(network.strides), max_growth, step_fraction)
+    if tile == patch:
+        return patch
+    fits = tile_bytes(network, tile) <= available_memory_bytes(device) * MEMORY_FRACTION
+    return tile if fits else patch

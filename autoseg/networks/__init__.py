@@ -8,6 +8,7 @@ from autoseg.networks.memory import (
     activation_elements,
     count_parameters,
     estimate_training_memory_bytes,
+    inference_elements,
 )
 from autoseg.networks.unet import UNet, build_network, deep_supervision_scales, validate_network_plan
 
@@ -19,5 +20,6 @@ __all__ = [
     "count_parameters",
     "deep_supervision_scales",
     "estimate_training_memory_bytes",
+    "inference_elements",
     "validate_network_plan",
 ]

@@ -7,6 +7,7 @@ meta module. The planner calls this in a loop while shrinking the patch, so meta
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import nn
@@ -51,6 +52,27 @@ def activation_elements(plan: NetworkPlan, patch_size: tuple[int, ...]) -> int:
     network = _meta_network(plan)  # validates the plan first
     check_divisible(tuple(patch_size), total_downsampling(plan), f"patch_size of network '{plan.name}'")
     return network.activation_elements(tuple(patch_size))
+
+
+# At the top decoder stage, besides the skips: the upsampled tensor (C), the concatenation (2C)
+# and a convolution's output (C) are alive at once.
+TOP_STAGE_TRANSIENTS = 4
+LOGIT_COPIES = 3  # logits, their float copy and the mirrored/weighted sum
+
+
+def inference_elements(plan: NetworkPlan, tile: tuple[int, ...]) -> int:
+    """Upper bound on the elements alive at once in an inference forward pass of one tile.
+
+    Without backward only the skips (each encoder stage's output) outlive their stage, so this
+    is far below `activation_elements` for the same size.
+    """
+    check_divisible(tuple(tile), total_downsampling(plan), f"inference tile of network '{plan.name}'")
+    spatial, skips = tuple(tile), 0
+    for features, stride in zip(plan.features, plan.strides):
+        spatial = tuple(n // s for n, s in zip(spatial, stride))
+        skips += features * math.prod(spatial)
+    voxels = math.prod(tile)
+    return skips + TOP_STAGE_TRANSIENTS * plan.features[0] * voxels + LOGIT_COPIES * plan.num_classes * voxels
 
 
 def estimate_training_memory_bytes(
