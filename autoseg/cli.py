@@ -205,7 +205,7 @@ def predict(
     tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirror test-time augmentation"),
     step: float = typer.Option(0.5, "--step", help="Tile step as a fraction of the patch"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16"),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, bf16 or fp16"),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest component of each class"),
     max_tile_growth: float = typer.Option(1.5, "--max-tile-growth", help="Let tiles grow up to this factor of the patch where that computes fewer voxels (1: patch-sized tiles only)"),
 ) -> None:
