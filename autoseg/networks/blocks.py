@@ -58,8 +58,8 @@ def make_norm(ndim: int, channels: int) -> nn.Module:
 class ConvNormAct(nn.Module):
     """Conv -> InstanceNorm -> LeakyReLU.
 
-    CPU training runs norm and activation as one step that keeps only its output (norm_act.py):
-    half the activation memory, and fewer fresh pages to fault in. GPUs, inference and export use
+    fp32 CPU training runs norm and activation as one step that keeps only its output
+    (norm_act.py): half the activation memory, and fewer fresh pages to fault in. GPUs, inference and export use
     the plain modules (native kernels, in-place activation), with identical values.
     """
 
@@ -72,7 +72,9 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
-        fused = FUSED_NORM_ACT_ON_CPU and y.device.type == "cpu" and self.training and torch.is_grad_enabled()
+        # fp32 only: under bf16 the native kernels are faster and the activations already half-size
+        fused = FUSED_NORM_ACT_ON_CPU and y.device.type == "cpu" and y.dtype == torch.float32 and self.training \
+            and torch.is_grad_enabled()
         if fused and not torch.jit.is_tracing():
             return instance_norm_leaky_relu(y, self.norm.weight, self.norm.bias, self.norm.eps, LEAKY_SLOPE)
         return self.act(self.norm(y))

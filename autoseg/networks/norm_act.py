@@ -6,8 +6,9 @@ steps are invertible, so the output alone suffices: the pre-activation is the ou
 negative side divided by the slope, and the normalized value is that minus the bias, divided by
 the weight. This function therefore normalizes and activates the conv output in place and keeps
 only the result (which the next convolution keeps anyway), halving the activation memory of a
-plain U-Net in training. Gradients are computed in float32 whatever the input dtype. A norm weight near zero is clamped away from it in backward (|w| >= WEIGHT_FLOOR), which
-only matters for channels the network has all but switched off.
+plain U-Net in training. Gradients are computed in float32 whatever the input dtype. A norm
+weight near zero is clamped away from it in backward (|w| >= WEIGHT_FLOOR), which only matters
+for channels the network has all but switched off.
 """
 from __future__ import annotations
 
