@@ -207,6 +207,25 @@ def test_interrupted_and_killed_runs_resume_to_identical_weights(make_dataset, t
         assert load_checkpoint(run / "checkpoint_final.pt")["training"]["state"]["history"] == expected_history
 
 
+def test_run_killed_before_its_first_periodic_checkpoint_resumes_from_best(make_dataset, tmp_path):
+    dataset, workdir = planned(make_dataset, tmp_path, shape=(6, 16, 16))
+    options = {"epochs": 2, "iters_per_epoch": 3, "val_iters": 2, "workers": 0, "deterministic": True, "checkpoint_every": 100}
+    reference = api.train(dataset, "2d", 0, workdir, run_dir=tmp_path / "reference", **options)
+    marker, killed = tmp_path / "waiting", tmp_path / "sigkill"
+    arguments = [str(dataset), str(workdir), str(marker), str(killed), json.dumps(options)]
+    process = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, *arguments], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
+    wait_for(marker.exists, 90, process)
+    process.kill()
+    process.communicate(timeout=30)
+    assert not (killed / "checkpoint_latest.pt").exists() and (killed / "checkpoint_best.pt").is_file()
+
+    api.train(dataset, "2d", 0, workdir, run_dir=killed, resume=True, **options)
+
+    expected, actual = model_state(reference), model_state(killed)
+    assert all(torch.equal(actual[k], expected[k]) for k in expected)
+
+
 def test_resume_refuses_changed_options_and_explains_missing_or_finished_runs(make_dataset, tmp_path):
     dataset, workdir = planned(make_dataset, tmp_path, shape=(16, 16), file_ending=".png")
     options = {"epochs": 2, **FAST}

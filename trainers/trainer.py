@@ -269,13 +269,10 @@ class Trainer:
         save_checkpoint(checkpoint_path(self.run_dir, kind), payload)
 
     def _restore(self) -> None:
-        path = checkpoint_path(self.run_dir, "latest")
         if checkpoint_path(self.run_dir, "final").is_file():  # a "latest" may remain beside it; it is older
             raise ConfigError(f"{self.run_dir}: this run already finished ({CHECKPOINTS['final']} exists); nothing to resume. "
                               "Train without --resume to start over, or pass another --run-dir")
-        if not path.is_file():
-            raise ConfigError(f"{path}: no checkpoint to resume from (runs save one every checkpoint_every epochs "
-                              "and when interrupted); start without --resume")
+        path = self._newest_resumable_checkpoint()
         payload = load_checkpoint(path, map_location=self.precision.device)
         training = payload["training"]
         check_resumable(training["train_config"], self.options, training["plan_hash"], self.plan_hash, path)
@@ -285,6 +282,15 @@ class Trainer:
         self.state = TrainState(**training["state"])
         restore_rng(training["rng"])
         log.info("resumed from %s at epoch %d, iteration %d", path, self.state.epoch, self.state.iteration)
+
+    def _newest_resumable_checkpoint(self) -> Path:
+        """latest, or best when written after it: both carry the full training state of an epoch's end
+        (a run killed before its first periodic checkpoint still resumes from its first best)."""
+        candidates = [p for p in (checkpoint_path(self.run_dir, "latest"), checkpoint_path(self.run_dir, "best")) if p.is_file()]
+        if not candidates:
+            raise ConfigError(f"{checkpoint_path(self.run_dir, 'latest')}: no checkpoint to resume from (runs save one "
+                              "every checkpoint_every epochs, at each new best and when interrupted); start without --resume")
+        return max(candidates, key=lambda p: p.stat().st_mtime_ns)  # ties keep latest
 
     def _write_run_json(self, status: str, **extra) -> None:
         write_run_json(self.run_dir, self.options, self.plan_hash, self.train_ids, self.val_ids, status,
