@@ -172,6 +172,18 @@ api.train(sys.argv[1], "2d", 0, sys.argv[2], run_dir=sys.argv[4], on_event=on_ev
 """
 
 
+def kill_mid_epoch_2(dataset: Path, workdir: Path, tmp_path: Path, options: dict) -> Path:
+    """Run training in a subprocess, SIGKILL it mid-epoch 2 and return its run folder."""
+    marker, killed = tmp_path / "waiting", tmp_path / "sigkill"
+    arguments = [str(dataset), str(workdir), str(marker), str(killed), json.dumps(options)]
+    process = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, *arguments], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
+    wait_for(marker.exists, 90, process)
+    process.kill()
+    process.communicate(timeout=30)
+    return killed
+
+
 def test_interrupted_and_killed_runs_resume_to_identical_weights(make_dataset, tmp_path):
     # 2d on 3D cases: patches are random slices, so training and validation batches both vary
     dataset, workdir = planned(make_dataset, tmp_path, shape=(6, 16, 16))
@@ -187,13 +199,7 @@ def test_interrupted_and_killed_runs_resume_to_identical_weights(make_dataset, t
     api.train(dataset, "2d", 0, workdir, run_dir=tmp_path / "sigint", resume=True, **options)
 
     # SIGKILL mid-epoch: nothing is saved, the run resumes from the last epoch's checkpoint
-    marker, killed = tmp_path / "waiting", tmp_path / "sigkill"
-    arguments = [str(dataset), str(workdir), str(marker), str(killed), json.dumps(options)]
-    process = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, *arguments], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
-    wait_for(marker.exists, 90, process)
-    process.kill()
-    process.communicate(timeout=30)
+    killed = kill_mid_epoch_2(dataset, workdir, tmp_path, options)
     assert run_record(killed)["status"] == "running"  # nobody could say otherwise
     api.train(dataset, "2d", 0, workdir, run_dir=killed, resume=True, **options)
 
@@ -211,13 +217,7 @@ def test_run_killed_before_its_first_periodic_checkpoint_resumes_from_best(make_
     dataset, workdir = planned(make_dataset, tmp_path, shape=(6, 16, 16))
     options = {"epochs": 2, "iters_per_epoch": 3, "val_iters": 2, "workers": 0, "deterministic": True, "checkpoint_every": 100}
     reference = api.train(dataset, "2d", 0, workdir, run_dir=tmp_path / "reference", **options)
-    marker, killed = tmp_path / "waiting", tmp_path / "sigkill"
-    arguments = [str(dataset), str(workdir), str(marker), str(killed), json.dumps(options)]
-    process = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, *arguments], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
-    wait_for(marker.exists, 90, process)
-    process.kill()
-    process.communicate(timeout=30)
+    killed = kill_mid_epoch_2(dataset, workdir, tmp_path, options)
     assert not (killed / "checkpoint_latest.pt").exists() and (killed / "checkpoint_best.pt").is_file()
 
     api.train(dataset, "2d", 0, workdir, run_dir=killed, resume=True, **options)
