@@ -206,3 +206,21 @@ def test_estimate_brackets_the_measured_gpu_peak(name):
     peak = torch.cuda.max_memory_allocated() - x.numel() * 4
     estimate = estimate_training_memory_bytes(plan, patch, batch) - CUDA_OVERHEAD_BYTES
     assert 0.5 < estimate / peak < 2.0
+
+
+@pytest.mark.parametrize("name,base", CASES, ids=CASE_IDS)
+def test_channels_last_cpu_inference_matches_the_plain_forward(name, base):
+    """CPU inference (channels-last, in-place norm) computes what the textbook forward computes."""
+    from autoseg.networks.layout import is_channels_last, model_to_channels_last
+
+    torch.manual_seed(0)
+    plan = _plan(name, base, deep_supervision=False)
+    net = build_network(plan).eval()
+    x = _input(plan, batch=2, patch=PATCHES[plan.ndim])
+    expected = net(x).detach()  # autograd on: the plain modules
+    model_to_channels_last(net, plan.ndim)
+    layout = torch.channels_last_3d if plan.ndim == 3 else torch.channels_last
+    with torch.inference_mode():
+        got = net(x.contiguous(memory_format=layout))
+    assert is_channels_last(got)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

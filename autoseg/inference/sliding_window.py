@@ -21,6 +21,7 @@ import torch
 
 from autoseg.errors import ConfigError
 from autoseg.inference.gaussian import gaussian_importance
+from autoseg.networks.layout import to_channels_last
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def _accumulate(
     padded_size = tuple(placed.shape[1:])
     logit_sum, weight_sum = _allocate_accumulators(num_classes, padded_size, device)
     importance = gaussian_importance(patch, device=logit_sum.device)
-    forward = _TileForward(model, num_classes, mirror_axes, _autocast(device, precision))
+    forward = _TileForward(model, num_classes, mirror_axes, _autocast(device, precision), channels_last=device.type == "cpu")
     forward.max_batch = max_patches_per_forward
     tiles = _tile_slices(padded_size, patch, step_fraction)
     for first in range(0, len(tiles), tile_batch_size):
@@ -291,14 +292,16 @@ class _TileForward:
 
     All mirror combinations go through the model in one forward call (concatenated along the
     batch axis). On CUDA out-of-memory the call is split in halves, and the smaller size is
-    remembered for the following batches.
+    remembered for the following batches. `channels_last` feeds the model channels-last tiles
+    (faster on CPU: networks/layout.py).
     """
 
     def __init__(self, model: Model, num_classes: int, mirror_axes: Sequence[int],
-                 autocast: Callable[[], ContextManager]):
+                 autocast: Callable[[], ContextManager], channels_last: bool = False):
         self.model = model
         self.num_classes = num_classes
         self.autocast = autocast
+        self.channels_last = channels_last
         # Tensor dims to flip, per combination; the first one () is the unmirrored input.
         axes = [int(a) + 2 for a in mirror_axes]
         self.flips = [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
@@ -336,7 +339,7 @@ class _TileForward:
 
     def _run_model(self, chunk: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            output = self.model(chunk)
+            output = self.model(to_channels_last(chunk) if self.channels_last else chunk)
         if isinstance(output, (list, tuple)):  # deep supervision: full resolution comes first
             output = output[0]
         expected = (chunk.shape[0], self.num_classes, *chunk.shape[2:])
@@ -346,7 +349,7 @@ class _TileForward:
                 f"{tuple(chunk.shape)}; expected {expected} (batch, num_classes, *patch). Check "
                 "num_classes against the plan's labels and that the patch size suits the network."
             )
-        return output.float().contiguous()  # callers add into it in place
+        return output.to(torch.float32, memory_format=torch.contiguous_format)  # callers add into it in place
 
 
 def _flip(tensor: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from autoseg.networks.inplace_norm import normalize_
 from autoseg.networks.norm_act import instance_norm_leaky_relu
 from autoseg.networks.upsample import upsample_by_stride
 
@@ -59,8 +60,9 @@ class ConvNormAct(nn.Module):
     """Conv -> InstanceNorm -> LeakyReLU.
 
     fp32 CPU training runs norm and activation as one step that keeps only its output
-    (norm_act.py): half the activation memory, and fewer fresh pages to fault in. GPUs, inference and export use
-    the plain modules (native kernels, in-place activation), with identical values.
+    (norm_act.py): half the activation memory, and fewer fresh pages to fault in. CPU inference
+    normalizes in place in any memory layout (inplace_norm.py). GPUs and export use the plain
+    modules (native kernels, in-place activation); all paths compute the same values.
     """
 
     def __init__(self, ndim: int, in_ch: int, out_ch: int, kernel: Sequence[int], stride: Sequence[int]):
@@ -77,7 +79,7 @@ class ConvNormAct(nn.Module):
             and torch.is_grad_enabled()
         if fused and not torch.jit.is_tracing():
             return instance_norm_leaky_relu(y, self.norm.weight, self.norm.bias, self.norm.eps, LEAKY_SLOPE)
-        return self.act(self.norm(y))
+        return self.act(normalize_(self.norm, y))
 
     def activation_elements(self, input_spatial: Spatial) -> tuple[int, Spatial]:
         out = conv_output_spatial(input_spatial, self.kernel, self.stride)
@@ -125,8 +127,14 @@ class ResidualBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.norm2(self.conv2(self.conv1(x)))
-        return self.act(residual + self.skip(x))
+        residual = normalize_(self.norm2, self.conv2(self.conv1(x)))
+        return self.act(residual + self._skip(x))
+
+    def _skip(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.skip, nn.Identity):
+            return x
+        projection, norm = self.skip
+        return normalize_(norm, projection(x))
 
     def activation_elements(self, input_spatial: Spatial) -> tuple[int, Spatial]:
         first, out = self.conv1.activation_elements(input_spatial)
