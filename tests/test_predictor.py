@@ -269,6 +269,24 @@ def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     assert files_in(tmp_path) == ["empty_run"]
 
 
+def test_loaded_model_holds_the_checkpoint_weights_channels_last_on_cpu(unet3d_run: Path) -> None:
+    saved = torch.load(unet3d_run / "checkpoint_final.pt", weights_only=False)["model_state"]
+    model = load_models([unet3d_run], "cpu").members[0].model
+    state = model.state_dict()
+    assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)
+    weights = [p for p in model.parameters() if p.ndim == 5]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in weights)
+
+
+def test_checkpoint_missing_weights_is_a_clear_error(unet3d_run: Path) -> None:
+    path = unet3d_run / "checkpoint_final.pt"
+    payload = torch.load(path, weights_only=False)
+    payload["model_state"].pop(next(iter(payload["model_state"])))
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"(?s)checkpoint_final.pt: cannot rebuild its network 'unet'.*Missing key"):
+        load_models([unet3d_run])
+
+
 def test_run_folder_prefers_final_then_best_then_latest(tmp_path: Path, caplog) -> None:
     run = tmp_path / "run"
     run.mkdir()

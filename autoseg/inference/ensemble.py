@@ -16,7 +16,7 @@ import torch
 
 from autoseg import schema
 from autoseg.checkpoint import CHECKPOINT_PREFERENCE, LATEST, config_plan_of, load_checkpoint
-from autoseg.config import ConfigPlan
+from autoseg.config import ConfigPlan, NetworkPlan
 from autoseg.errors import AutosegError, CheckpointError
 from autoseg.devices import resolve_device
 
@@ -90,7 +90,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_member(path: str | Path, device: torch.device) -> tuple[Member, dict[str, Any]]:
     """Rebuild one network from its checkpoint; returns it and the checkpoint's payload."""
-    from autoseg.networks import build_network  # registers the built-in networks
+    from autoseg.networks.layout import model_to_channels_last
 
     checkpoint = resolve_checkpoint(path)
     payload = load_checkpoint(checkpoint, map_location="cpu")
@@ -100,15 +100,30 @@ def load_member(path: str | Path, device: torch.device) -> tuple[Member, dict[st
                               "use a checkpoint written by `autoseg train`")
     config = config_plan_of(payload)
     try:
-        model = build_network(config.network)
-        model.load_state_dict(payload["model_state"])
+        model = _rebuild(config.network, payload["model_state"])
     except (AutosegError, RuntimeError) as exc:
         raise CheckpointError(f"{checkpoint}: cannot rebuild its network '{config.network.name}' ({exc}); "
                               "the checkpoint does not match this autoseg version or is damaged") from None
     if hasattr(model, "set_deep_supervision"):
         model.set_deep_supervision(False)  # full-resolution logits only
     model.eval().to(device)
+    if device.type == "cpu":  # the sliding window feeds CPU models channels-last tiles
+        model_to_channels_last(model, config.network.ndim)
     return Member(checkpoint, model, config), payload
+
+
+def _rebuild(network: NetworkPlan, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The network with the checkpoint's weights. Built on the meta device and given the loaded
+    tensors as they are: no random initialisation to overwrite, no second copy of the weights."""
+    from autoseg.networks import build_network  # registers the built-in networks
+
+    with torch.device("meta"):
+        model = build_network(network)
+    model.load_state_dict(state, assign=True)
+    unset = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if unset:
+        raise CheckpointError(f"the checkpoint holds no values for {', '.join(unset[:3])}")
+    return model
 
 
 def load_models(run_dirs_or_checkpoints: Sequence[str | Path] | str | Path,
