@@ -185,7 +185,7 @@ def predict_folder(
     precision: str = "auto",
     keep_largest: bool = False,
     progress: ProgressFactory | None = None,
-    max_tile_growth: float = 1.5,
+    max_tile_growth: float = 1.0,
 ) -> list[Path]:
     """Predict every case of a folder (nnU-Net naming), a list of files, or DICOM series folders.
     `max_tile_growth`: tiles may grow up to this factor of the patch per axis where that computes

@@ -207,7 +207,7 @@ def predict(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, bf16 or fp16"),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest component of each class"),
-    max_tile_growth: float = typer.Option(1.5, "--max-tile-growth", help="Let tiles grow up to this factor of the patch where that computes fewer voxels (1: patch-sized tiles only)"),
+    max_tile_growth: float = typer.Option(1.0, "--max-tile-growth", help="Let tiles grow up to this factor of the patch (e.g. 1.5) where that computes fewer voxels; faster, but can cost Dice (see README). 1: patch-sized tiles, as nnU-Net"),
 ) -> None:
     """Predict label maps that carry each input's exact geometry."""
     from autoseg import api
