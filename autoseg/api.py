@@ -208,13 +208,15 @@ def predict(image, models, spacing=None, **options):
 
 
 def evaluate(pred_dir: str | Path, ref_dir: str | Path, overlays: int = 0, images_dir: str | Path | None = None,
-             workers: int = 2, progress: ProgressFactory | None = None, case_ids: Sequence[str] | None = None):
-    """Score predictions against references (every reference case, or only `case_ids`); writes
-    summary.json and summary.csv into pred_dir."""
+             workers: int = 2, progress: ProgressFactory | None = None, case_ids: Sequence[str] | None = None,
+             only_predicted: bool = False):
+    """Score predictions against references (every reference case, or only `case_ids`; with
+    `only_predicted` the reference cases that have a prediction); writes summary.json and
+    summary.csv into pred_dir."""
     from autoseg.evaluation import evaluate_folders
 
     return evaluate_folders(pred_dir, ref_dir, workers=workers, progress=progress, overlays=overlays,
-                            images_dir=images_dir, case_ids=case_ids)
+                            images_dir=images_dir, case_ids=case_ids, only_predicted=only_predicted)
 
 
 def find_best(dataset: str, workdir: str | Path | None = None, dataset_dir: str | Path | None = None,

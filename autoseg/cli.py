@@ -249,6 +249,7 @@ def evaluate(
     overlays: int = typer.Option(0, "--overlays", help="Write overlay PNGs for this many (worst) cases"),
     images_dir: Optional[Path] = typer.Option(None, "--images", help="Images for overlays [default: imagesTr beside ref_dir]"),
     workers: int = WorkersOption,
+    only_predicted: bool = typer.Option(False, "--only-predicted", help="Score only the reference cases that have a prediction (e.g. a few test images against a full labelsTr)"),
 ) -> None:
     """Dice, IoU, precision, recall, HD95 and ASSD per case and class; writes summary.json/.csv."""
     from autoseg import api
@@ -257,7 +258,7 @@ def evaluate(
     if overlays and images_dir is None and (ref_dir.parent / "imagesTr").is_dir():
         images_dir = ref_dir.parent / "imagesTr"
     with _user_errors(), _progress() as progress:
-        summary = api.evaluate(pred_dir, ref_dir, overlays, images_dir, workers, progress)
+        summary = api.evaluate(pred_dir, ref_dir, overlays, images_dir, workers, progress, only_predicted=only_predicted)
     out.print(evaluation_table(summary))
     out.print(f"summary: [bold]{summary.summary_json}[/], [bold]{summary.summary_csv}[/]")
     if summary.overlays:

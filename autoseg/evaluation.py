@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 MetricValues = dict[str, float | bool]
 AVERAGED_METRICS = ("dice", "iou", "precision", "recall", "hd95", "assd")
+MAX_LISTED = 10  # problems listed in an error; the rest are counted
 
 
 # ---------------------------------------------------------------- metrics of one case
@@ -192,17 +193,27 @@ def _cases_in(folder: Path, ending: str) -> dict[str, Path]:
             if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(ending)}
 
 
-def _match_cases(pred_dir: Path, ref_dir: Path, ending: str, case_ids: Sequence[str] | None) -> dict[str, tuple[Path, Path]]:
+def _match_cases(pred_dir: Path, ref_dir: Path, ending: str, case_ids: Sequence[str] | None,
+                 only_predicted: bool = False) -> dict[str, tuple[Path, Path]]:
     """case id -> (prediction, reference); every wanted reference case needs a prediction."""
     refs, preds = _cases_in(ref_dir, ending), _cases_in(pred_dir, ending)
     wanted = list(case_ids) if case_ids is not None else sorted(refs)
+    if only_predicted:
+        wanted = [c for c in wanted if c in preds]
     problems = [f"case '{c}': no reference file {ref_dir / (c + ending)}" for c in wanted if c not in refs]
-    problems += [f"case '{c}': prediction {pred_dir / (c + ending)} is missing" for c in wanted if c in refs and c not in preds]
+    unpredicted = [c for c in wanted if c in refs and c not in preds]
+    problems += [f"case '{c}': prediction {pred_dir / (c + ending)} is missing" for c in unpredicted]
     if not set(preds) & set(wanted):
         raise DatasetError(f"{pred_dir}: no prediction matches a reference case in {ref_dir} (ending '{ending}'); "
                            "check both folders and the file ending", problems[:20])
     if problems:
-        raise DatasetError(f"{pred_dir}: cannot evaluate against {ref_dir}", problems)
+        message = f"{pred_dir}: cannot evaluate against {ref_dir}"
+        if unpredicted:
+            message += (f": {len(unpredicted)} of {len(wanted)} reference case(s) have no prediction; predict them, or "
+                        f"pass --only-predicted (API: only_predicted=True) to score the "
+                        f"{len(wanted) - len(unpredicted)} predicted case(s) only")
+        more = [f"... and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else []
+        raise DatasetError(message, problems[:MAX_LISTED] + more)
     extra = sorted(set(preds) - set(wanted))
     if extra:
         logger.warning("%d prediction(s) without a reference are not evaluated, e.g. %s", len(extra), extra[0])
@@ -328,12 +339,13 @@ def _write_overlays(pairs: dict[str, tuple[Path, Path]], rows: Sequence[MetricRo
 def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, labels: dict[str, int] | None = None,
                      file_ending: str | None = None, workers: int = 2, progress: ProgressFactory | None = None,
                      overlays: int = 0, images_dir: str | Path | None = None,
-                     case_ids: Sequence[str] | None = None) -> EvaluationSummary:
+                     case_ids: Sequence[str] | None = None, only_predicted: bool = False) -> EvaluationSummary:
     """Evaluate the predictions in `pred_dir` against the reference labels in `ref_dir`.
 
     Files are matched by case id (file name minus `file_ending`, default: dataset.json's or the
     commonest in ref_dir). Every reference case (or only `case_ids`, e.g. one fold's validation
-    cases) needs a prediction on the same grid, else DatasetError lists every problem. `labels` is
+    cases; with `only_predicted`, only those that have one) needs a prediction on the same grid, else
+    DatasetError lists the problems. `labels` is
     name -> value (background dropped); default dataset.json's "labels" next to ref_dir, else every
     value found. Writes summary.json and summary.csv into pred_dir, plus `overlays` PNGs of the
     worst cases into pred_dir/overlays when `images_dir` holds CASE_0000<ending> images.
@@ -345,7 +357,7 @@ def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, labels: dict[str
         if not folder.is_dir():
             raise DatasetError(f"{folder}: {role} folder not found; pass an existing folder of label files")
     ending = _normalize_ending(file_ending) if file_ending else _infer_ending(ref_dir)
-    pairs = _match_cases(pred_dir, ref_dir, ending, case_ids)
+    pairs = _match_cases(pred_dir, ref_dir, ending, case_ids, only_predicted)
     _check_grids(pairs)
     label_map = _resolve_labels(labels, ref_dir)
     values = tuple(label_map.values()) if label_map is not None else None

@@ -204,6 +204,24 @@ def test_missing_prediction_is_reported_by_name(tmp_path):
     assert len(evaluate_folders(pred_dir, ref_dir, workers=1, case_ids=["case_a"]).per_case) == 2
 
 
+def test_only_predicted_scores_the_cases_that_have_a_prediction(tmp_path):
+    pred_dir, ref_dir = _dataset(tmp_path)
+    (pred_dir / "case_b.nii.gz").unlink()
+    with pytest.raises(DatasetError, match=r"1 of 2 reference case\(s\) have no prediction.*--only-predicted"):
+        evaluate_folders(pred_dir, ref_dir, workers=1)
+    summary = evaluate_folders(pred_dir, ref_dir, workers=1, only_predicted=True)
+    assert {row.case_id for row in summary.per_case} == {"case_a"}
+
+
+def test_many_missing_predictions_are_counted_not_all_listed(tmp_path):
+    pred_dir, ref_dir = _dataset(tmp_path)
+    for i in range(12):
+        _write_label(ref_dir / f"extra_{i:02d}.nii.gz", np.zeros((4, 5, 6)))
+    with pytest.raises(DatasetError, match="12 of 14") as info:
+        evaluate_folders(pred_dir, ref_dir, workers=1)
+    assert len(info.value.problems) == 11 and info.value.problems[-1] == "... and 2 more"
+
+
 def test_no_matching_files_and_shape_mismatch_raise(tmp_path):
     pred_dir, ref_dir = _dataset(tmp_path)
     with pytest.raises(DatasetError, match="no prediction matches"):
