@@ -90,7 +90,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_member(path: str | Path, device: torch.device) -> tuple[Member, dict[str, Any]]:
     """Rebuild one network from its checkpoint; returns it and the checkpoint's payload."""
-    from autoseg.networks.layout import model_to_channels_last
+    from autoseg.networks.layout import model_to_channels_last, runs_channels_last
 
     checkpoint = resolve_checkpoint(path)
     payload = load_checkpoint(checkpoint, map_location="cpu")
@@ -107,7 +107,7 @@ def load_member(path: str | Path, device: torch.device) -> tuple[Member, dict[st
     if hasattr(model, "set_deep_supervision"):
         model.set_deep_supervision(False)  # full-resolution logits only
     model.eval().to(device)
-    if device.type == "cpu":  # the sliding window feeds CPU models channels-last tiles
+    if runs_channels_last(device):  # the sliding window feeds such models channels-last tiles
         model_to_channels_last(model, config.network.ndim)
     return Member(checkpoint, model, config), payload
 

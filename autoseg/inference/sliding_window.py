@@ -21,7 +21,7 @@ import torch
 
 from autoseg.errors import ConfigError
 from autoseg.inference.gaussian import gaussian_importance
-from autoseg.networks.layout import to_channels_last
+from autoseg.networks.layout import runs_channels_last, to_channels_last
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def _accumulate(
     padded_size = tuple(placed.shape[1:])
     logit_sum, weight_sum = _allocate_accumulators(num_classes, padded_size, device)
     importance = gaussian_importance(patch, device=logit_sum.device)
-    forward = _TileForward(model, num_classes, mirror_axes, _autocast(device, precision), channels_last=device.type == "cpu")
+    forward = _TileForward(model, num_classes, mirror_axes, _autocast(device, precision), channels_last=runs_channels_last(device))
     forward.max_batch = max_patches_per_forward
     tiles = _tile_slices(padded_size, patch, step_fraction)
     for first in range(0, len(tiles), tile_batch_size):

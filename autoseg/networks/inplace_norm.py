@@ -14,14 +14,14 @@ import torch
 from torch import Tensor, nn
 
 
-def use_inplace_norm(x: Tensor) -> bool:
+def _computes_in_place(x: Tensor) -> bool:
     """True where `normalize_` computes in place: CPU tensors outside autograd and tracing (export)."""
     return x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.jit.is_tracing()
 
 
 def normalize_(norm: nn.Module, x: Tensor) -> Tensor:
     """`norm(x)` for an affine instance norm module; in place on CPU inference (`x` must be a fresh tensor)."""
-    if not use_inplace_norm(x):
+    if not _computes_in_place(x):
         return norm(x)
     stats = torch.empty(2, x.shape[1], dtype=torch.float32)
     for sample in x.split(1):  # (1, C, ...) views that keep the layout

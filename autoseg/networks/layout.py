@@ -14,6 +14,11 @@ from torch import Tensor, nn
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}  # by tensor ndim (batch + channel + spatial)
 
 
+def runs_channels_last(device: torch.device) -> bool:
+    """Whether inference on `device` uses channels-last tensors and weights (CPU: oneDNN)."""
+    return device.type == "cpu"
+
+
 def is_channels_last(x: Tensor) -> bool:
     """True for a 2D/3D batch laid out channels-last (and not trivially both layouts, as with one channel)."""
     layout = _CHANNELS_LAST.get(x.ndim)
