@@ -32,11 +32,13 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint's payload. mmap: map the file instead of reading it, so only the tensors used are
+    read (prediction needs the weights; a training checkpoint also carries the optimizer state)."""
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; train first or point at a run folder that has one")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        payload = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as exc:  # torch raises many types for damaged files
         raise CheckpointError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc}); the file is damaged, use another checkpoint") from None
     if payload.get("format_version") != FORMAT_VERSION:

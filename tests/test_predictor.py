@@ -278,6 +278,17 @@ def test_loaded_model_holds_the_checkpoint_weights_channels_last_on_cpu(unet3d_r
     assert weights and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in weights)
 
 
+def test_loaded_model_keeps_its_weights_when_the_checkpoint_is_rewritten_in_place(unet3d_run: Path) -> None:
+    """Checkpoints are memory-mapped at load; the model must own its weights, not pages of the file."""
+    path = unet3d_run / "checkpoint_final.pt"
+    model = load_models([unet3d_run], "cpu").members[0].model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with path.open("r+b") as f:  # e.g. `cp other.pt checkpoint_final.pt`: same inode, new bytes
+        f.write(b"\0" * path.stat().st_size)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
 def test_checkpoint_missing_weights_is_a_clear_error(unet3d_run: Path) -> None:
     path = unet3d_run / "checkpoint_final.pt"
     payload = torch.load(path, weights_only=False)

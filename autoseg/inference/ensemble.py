@@ -93,14 +93,15 @@ def load_member(path: str | Path, device: torch.device) -> tuple[Member, dict[st
     from autoseg.networks.layout import model_to_channels_last, runs_channels_last
 
     checkpoint = resolve_checkpoint(path)
-    payload = load_checkpoint(checkpoint, map_location="cpu")
+    payload = load_checkpoint(checkpoint, map_location="cpu", mmap=True)
     missing = [k for k in ("model_state", "config_plan", "labels") if k not in payload]
     if missing:
         raise CheckpointError(f"{checkpoint}: not a model checkpoint (missing {', '.join(missing)}); "
                               "use a checkpoint written by `autoseg train`")
     config = config_plan_of(payload)
     try:
-        model = _rebuild(config.network, payload["model_state"])
+        # Copied out of the mapping: a checkpoint file rewritten in place must not change a loaded model.
+        model = _rebuild(config.network, {name: t.clone() for name, t in payload["model_state"].items()})
     except (AutosegError, RuntimeError) as exc:
         raise CheckpointError(f"{checkpoint}: cannot rebuild its network '{config.network.name}' ({exc}); "
                               "the checkpoint does not match this autoseg version or is damaged") from None
