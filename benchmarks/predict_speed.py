@@ -19,6 +19,13 @@ Variants: `patch tiles, fp32` is nnU-Net's way (patch-sized tiles at half-patch 
 `grown tiles` lets tiles grow up to 1.5x the patch where that computes fewer voxels (opt-in,
 `--max-tile-growth 1.5`). `agree` is the fraction of voxels whose label equals the
 `patch tiles, fp32` prediction (a check that holds even for a briefly trained model).
+
+`--nnunet-python PY` adds nnU-Net v2 itself, measured in the same run on the same cases (xray and ct;
+benchmarks/nnunet_predict.py, run with nnU-Net's interpreter): `nnU-Net v2, own plan` is nnU-Net
+with the network and patch its planner picks for the training dataset (xray: Dataset601; ct: the raw
+dataset the ct run was trained on, `--ct-data`), `nnU-Net v2, same patch` the same network with
+autoseg's patch, i.e. the very tiles of `patch tiles, fp32`. Its networks carry random weights (its
+speed does not depend on them), so those rows have no Dice. Make the venv as in plan_vs_nnunet.py.
 Results are appended to benchmarks/results/predict_speed.md.
 """
 from __future__ import annotations
@@ -41,6 +48,13 @@ VARIANTS = {  # name: (precision, max_tile_growth); the first is the reference f
     "patch tiles, bf16": ("bf16", 1.0),
     "grown tiles, bf16": ("bf16", 1.5),
 }
+# nnU-Net v2's rows: name -> (patch: "own" plan or autoseg's "same" patch, TTA modes measured). With its
+# own plan and TTA, nnU-Net needs ~15 minutes for two CT cases; the same-patch row covers TTA.
+NNUNET_VARIANTS = {
+    "nnU-Net v2, own plan": ("own", ("no-tta",)),
+    "nnU-Net v2, same patch": ("same", ("no-tta", "tta")),
+}
+NNUNET_CONFIG = {"xray": "2d", "ct": "3d_fullres"}
 OUT = Path("/tmp/autoseg_predict_bench")
 
 
@@ -143,6 +157,36 @@ def measure(scenario: str, run: str, variant: str, tta: str, cases: int) -> dict
             "agree": label_agreement(_output_dir(scenario, variant, tta), reference)}
 
 
+def measure_nnunet(scenario: str, run: str, variant: str, tta: str, cases: int, python: str, dataset: Path) -> dict:
+    from autoseg.checkpoint import config_plan_of, load_checkpoint
+    from autoseg.inference.ensemble import resolve_checkpoint
+
+    files = _xray_cases(Path(run), cases)[0] if scenario == "xray" else _ct_cases(scenario, cases)[0]
+    result, out = OUT / "result.json", _output_dir(scenario, variant, tta)
+    shutil.rmtree(out, ignore_errors=True)
+    command = [python, str(ROOT / "benchmarks" / "nnunet_predict.py"), "--dataset", str(dataset), "--config", NNUNET_CONFIG[scenario],
+               "--work", str(OUT / "nnunet"), "--out", str(out), "--result", str(result), *(["--tta"] if tta == "tta" else [])]
+    if NNUNET_VARIANTS[variant][0] == "same":
+        patch = config_plan_of(load_checkpoint(resolve_checkpoint(run))).patch_size
+        command += ["--patch-size", ",".join(str(p) for p in patch)]
+    with PeakMemory() as peak:
+        done = subprocess.run([*command, *map(str, files)], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"nnU-Net ({variant}, {scenario}, {tta}) failed:\n{done.stderr[-3000:]}")
+    return {**json.loads(result.read_text()), "peak_gb": peak.peak / 1024**3, "scenario": scenario, "variant": variant,
+            "tta": tta, "dice": None, "agree": None}
+
+
+def _nnunet_rows(jobs, args) -> list[dict]:
+    datasets = {"xray": XRAY, "ct": Path(args.ct_data) if args.ct_data else None}
+    return [measure_nnunet(s, run, v, t, n, args.nnunet_python, datasets[s])
+            for s, run, n in jobs if s in NNUNET_CONFIG for v, (_, modes) in NNUNET_VARIANTS.items() for t in modes]
+
+
+def _cell(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--xray-run")
@@ -153,6 +197,8 @@ def main() -> None:
     parser.add_argument("--cxr-data", help="unseen cervical-xray phantom dataset folder (e.g. demo_work/test_data/Dataset901_CervicalXray)")
     parser.add_argument("--cases", type=int, default=20, help="X-ray cases")
     parser.add_argument("--ct-cases", type=int, default=2, help="CT phantom cases")
+    parser.add_argument("--nnunet-python", help="nnU-Net v2's python: adds nnU-Net's own timings (xray, ct)")
+    parser.add_argument("--ct-data", help="the raw dataset the --ct-run was trained on (nnU-Net plans it)")
     parser.add_argument("--child")
     parser.add_argument("--run")
     parser.add_argument("--variant", choices=list(VARIANTS))
@@ -169,11 +215,14 @@ def main() -> None:
     jobs += [("ct", args.ct_run, args.ct_cases)] if args.ct_run else []
     jobs += [("ct-small", args.ct_small_run, args.cases)] if args.ct_small_run else []
     jobs += [(f"cxr:{args.cxr_data}", args.cxr_run, args.cases)] if args.cxr_run else []
+    if args.nnunet_python and args.ct_run and not args.ct_data:
+        parser.error("--nnunet-python with --ct-run needs --ct-data (the dataset nnU-Net plans)")
     rows = [measure(s, run, v, t, n) for s, run, n in jobs for t in ("no-tta", "tta") for v in VARIANTS]
+    rows += _nnunet_rows(jobs, args) if args.nnunet_python else []
     lines = [f"\n### {time.strftime('%Y-%m-%d')}, CPU (2 cores)\n",
              "| data | TTA | variant | s/case | peak memory | mean fg Dice | agree | cases |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['scenario'].split(':')[0]} | {r['tta']} | {r['variant']} | {r['seconds_per_case']:.2f} | {r['peak_gb']:.2f} GB | "
-              f"{r['dice']:.4f} | {r['agree']:.4f} | {r['cases']} |" for r in rows]
+              f"{_cell(r['dice'])} | {_cell(r['agree'])} | {r['cases']} |" for r in rows]
     results = ROOT / "benchmarks" / "results" / "predict_speed.md"
     with results.open("a") as f:
         f.write("\n".join(lines) + "\n")
