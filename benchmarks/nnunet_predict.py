@@ -9,8 +9,8 @@ ExperimentPlanner, cached under WORK), then predicts FILES with a network of the
 planned and random weights: the time does not depend on the weights, and training nnU-Net on this CPU
 would take hours. The clock covers what autoseg's figures cover: creating the predictor and loading
 the checkpoint, then `predict_from_files` with the CLI's settings for `-device cpu` (all cores, step
-0.5, Gaussian weighting, 3 preprocessing and 3 export processes). Writes JSON with seconds per case and
-the planned patch size.
+0.5, Gaussian weighting, 3 preprocessing and 3 export processes; `--sequential`: none). Writes JSON
+with seconds per case and the planned patch size.
 """
 from __future__ import annotations
 
@@ -30,13 +30,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--result", type=Path, required=True)
     parser.add_argument("--tta", action="store_true", help="mirror test-time augmentation (nnU-Net's default)")
+    parser.add_argument("--sequential", action="store_true", help="no worker processes (nnUNetv2_predict -npp 0 -nps 0)")
     parser.add_argument("--patch-size", type=lambda text: [int(v) for v in text.split(",")],
                         help="predict with this patch (e.g. autoseg's plan's, for the same tiles) instead of nnU-Net's")
     parser.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args()
     dataset_id = _point_nnunet_at(args.work, args.dataset)
     model = _random_model(dataset_id, args.config, args.patch_size)  # imports nnU-Net: after its paths are set
-    seconds = _timed_prediction(model, args.files, args.out, args.tta)
+    seconds = _timed_prediction(model, args.files, args.out, args.tta, args.sequential)
     patch = json.loads((model / "plans.json").read_text())["configurations"][args.config]["patch_size"]
     args.result.write_text(json.dumps({"seconds_per_case": seconds / len(args.files), "cases": len(args.files),
                                        "patch_size": patch}))
@@ -90,7 +91,7 @@ def _random_model(dataset_id: int, config: str, patch_size: list[int] | None) ->
     return model
 
 
-def _timed_prediction(model: Path, files: list[Path], out: Path, tta: bool) -> float:
+def _timed_prediction(model: Path, files: list[Path], out: Path, tta: bool, sequential: bool) -> float:
     import multiprocessing
 
     import torch
@@ -102,9 +103,12 @@ def _timed_prediction(model: Path, files: list[Path], out: Path, tta: bool) -> f
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta, perform_everything_on_device=True,
                                 device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model), (0,), "checkpoint_final.pth")
-    predictor.predict_from_files([[str(f)] for f in files], [str(out / f.name.split("_0000")[0]) for f in files],
-                                 save_probabilities=False, overwrite=True,
-                                 num_processes_preprocessing=3, num_processes_segmentation_export=3)
+    inputs, outputs = [[str(f)] for f in files], [str(out / f.name.split("_0000")[0]) for f in files]
+    if sequential:
+        predictor.predict_from_files_sequential(inputs, outputs, save_probabilities=False, overwrite=True)
+    else:
+        predictor.predict_from_files(inputs, outputs, save_probabilities=False, overwrite=True,
+                                     num_processes_preprocessing=3, num_processes_segmentation_export=3)
     return time.perf_counter() - started
 
 
