@@ -167,7 +167,7 @@ def measure_nnunet(scenario: str, run: str, variant: str, tta: str, cases: int, 
     command = [python, str(ROOT / "benchmarks" / "nnunet_predict.py"), "--dataset", str(dataset), "--config", NNUNET_CONFIG[scenario],
                "--work", str(OUT / "nnunet"), "--out", str(out), "--result", str(result), *(["--tta"] if tta == "tta" else [])]
     if NNUNET_VARIANTS[variant][0] == "same":
-        patch = config_plan_of(load_checkpoint(resolve_checkpoint(run))).patch_size
+        patch = config_plan_of(load_checkpoint(resolve_checkpoint(run), mmap=True)).patch_size
         command += ["--patch-size", ",".join(str(p) for p in patch)]
     with PeakMemory() as peak:
         done = subprocess.run([*command, *map(str, files)], cwd=ROOT, capture_output=True, text=True)
