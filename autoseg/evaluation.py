@@ -193,6 +193,12 @@ def _cases_in(folder: Path, ending: str) -> dict[str, Path]:
             if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(ending)}
 
 
+def _listed(problems: list[str]) -> list[str]:
+    """At most MAX_LISTED problems, the rest counted."""
+    more = [f"... and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else []
+    return problems[:MAX_LISTED] + more
+
+
 def _match_cases(pred_dir: Path, ref_dir: Path, ending: str, case_ids: Sequence[str] | None,
                  only_predicted: bool = False) -> dict[str, tuple[Path, Path]]:
     """case id -> (prediction, reference); every wanted reference case needs a prediction."""
@@ -205,15 +211,14 @@ def _match_cases(pred_dir: Path, ref_dir: Path, ending: str, case_ids: Sequence[
     problems += [f"case '{c}': prediction {pred_dir / (c + ending)} is missing" for c in unpredicted]
     if not set(preds) & set(wanted):
         raise DatasetError(f"{pred_dir}: no prediction matches a reference case in {ref_dir} (ending '{ending}'); "
-                           "check both folders and the file ending", problems[:20])
+                           "check both folders and the file ending", _listed(problems))
     if problems:
         message = f"{pred_dir}: cannot evaluate against {ref_dir}"
         if unpredicted:
             message += (f": {len(unpredicted)} of {len(wanted)} reference case(s) have no prediction; predict them, or "
                         f"pass --only-predicted (API: only_predicted=True) to score the "
                         f"{len(wanted) - len(unpredicted)} predicted case(s) only")
-        more = [f"... and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else []
-        raise DatasetError(message, problems[:MAX_LISTED] + more)
+        raise DatasetError(message, _listed(problems))
     extra = sorted(set(preds) - set(wanted))
     if extra:
         logger.warning("%d prediction(s) without a reference are not evaluated, e.g. %s", len(extra), extra[0])

@@ -103,6 +103,16 @@ def merge_labels(folder: Path) -> None:
     (folder / "dataset.json").write_text(json.dumps(meta, indent=2))
 
 
+def _cases(scenario: str, run: str, count: int) -> tuple[list[Path], Path]:
+    """A scenario's unseen image files and its reference label folder."""
+    if scenario == "xray":
+        return _xray_cases(Path(run), count)
+    if scenario in CT_SCALES:
+        return _ct_cases(scenario, count)
+    folder = Path(scenario.split(":", 1)[1])  # "cxr:<dataset folder>"
+    return sorted((folder / "imagesTr").glob("*.png"))[:count], folder / "labelsTr"
+
+
 def child(args) -> None:
     """Predict in this process and write timing + Dice as JSON."""
     import torch  # noqa: F401  (imported before the clock starts: process start-up, not prediction)
@@ -111,13 +121,7 @@ def child(args) -> None:
     from autoseg.inference.inputs import CaseInput
     from autoseg.io import file_ending
 
-    if args.scenario == "xray":
-        files, labels = _xray_cases(Path(args.run), args.cases)
-    elif args.scenario in CT_SCALES:
-        files, labels = _ct_cases(args.scenario, args.cases)
-    else:  # "cxr:<dataset folder>"
-        folder = Path(args.scenario.split(":", 1)[1])
-        files, labels = sorted((folder / "imagesTr").glob("*.png"))[:args.cases], folder / "labelsTr"
+    files, labels = _cases(args.scenario, args.run, args.cases)
     precision, growth = VARIANTS[args.variant]
     out = _output_dir(args.scenario, args.variant, args.tta)
     shutil.rmtree(out, ignore_errors=True)
@@ -161,7 +165,7 @@ def measure_nnunet(scenario: str, run: str, variant: str, tta: str, cases: int, 
     from autoseg.checkpoint import config_plan_of, load_checkpoint
     from autoseg.inference.ensemble import resolve_checkpoint
 
-    files = _xray_cases(Path(run), cases)[0] if scenario == "xray" else _ct_cases(scenario, cases)[0]
+    files = _cases(scenario, run, cases)[0]
     result, out = OUT / "result.json", _output_dir(scenario, variant, tta)
     shutil.rmtree(out, ignore_errors=True)
     command = [python, str(ROOT / "benchmarks" / "nnunet_predict.py"), "--dataset", str(dataset), "--config", NNUNET_CONFIG[scenario],

@@ -114,8 +114,8 @@ def load_member(path: str | Path, device: torch.device) -> tuple[Member, dict[st
 
 
 def _rebuild(network: NetworkPlan, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """The network with the checkpoint's weights. Built on the meta device and given the loaded
-    tensors as they are: no random initialisation to overwrite, no second copy of the weights."""
+    """The network with the given weights. Built on the meta device and handed the tensors as they
+    are (assign): no random initialisation to overwrite, no copy beyond the caller's."""
     from autoseg.networks import build_network  # registers the built-in networks
 
     with torch.device("meta"):
