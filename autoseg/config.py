@@ -5,13 +5,16 @@ works on axial slices (axis 0 is the slice axis). Components are referred to by 
 """
 from __future__ import annotations
 
+import math
+import numbers
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
-from typing import Literal
+from typing import Any, Callable, Literal
 
 from autoseg import schema
-from autoseg.errors import PlanError
+from autoseg.errors import ConfigError, PlanError
 
 SCHEMA_VERSION = 1
 ConfigName = Literal["2d", "3d_fullres", "3d_lowres"]
@@ -125,6 +128,37 @@ class ResamplingPlan:
 
 
 @dataclass(frozen=True)
+class BudgetCandidate:
+    """One candidate the budget-aware planner timed: what it was and what it would have given."""
+
+    spacing_factor: float  # target spacing = the default spacing coarsened by this factor (finest axes first)
+    patch_size: tuple[int, ...]
+    batch_size: int
+    base_features: int
+    step_time_s: float  # measured on the planning machine
+    expected_iterations: int
+    expected_samples: int
+    verdict: str  # why it was taken or passed over
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    """Why a configuration looks the way it does under a time budget (`autoseg plan --time-budget`)."""
+
+    time_budget_s: float
+    device: str  # the device type measured on: "cpu" or "cuda"
+    machine: str  # processor / GPU, threads and torch version of the measurement
+    precision: str  # training precision the step times were measured with
+    spacing_factor: float
+    step_time_s: float
+    expected_iterations: int
+    expected_samples: int
+    smallest_structure_voxels: float  # equivalent diameter of the smallest labelled structure at the chosen spacing
+    reasons: tuple[str, ...]
+    candidates: tuple[BudgetCandidate, ...]
+
+
+@dataclass(frozen=True)
 class ConfigPlan:
     name: ConfigName
     spacing: tuple[float, ...]  # target spacing of the network's input (numpy order)
@@ -136,6 +170,7 @@ class ConfigPlan:
     resampling: ResamplingPlan
     mirror_axes: tuple[int, ...]  # spatial axes of the patch that test-time mirroring may flip
     estimated_memory_gb: float = 0.0
+    budget: BudgetChoice | None = None  # set by the budget-aware planner only
 
 
 @dataclass(frozen=True)
@@ -187,6 +222,63 @@ class TrainConfig:
     oversample_foreground: float = 0.33
     checkpoint_every: int = 5  # epochs between "latest" checkpoints
     workers: int = 2
+
+    def __post_init__(self) -> None:
+        """Refuse every invalid option at once, before any work (an epochs=0 run would save an untrained model)."""
+        problems = [f"{_option_name(name)}: expected {allowed}, found {getattr(self, name)!r}"
+                    for name, (allowed, valid) in TRAIN_OPTION_RULES.items()
+                    if not (name in _UNSET_ALLOWED and getattr(self, name) is None) and not valid(getattr(self, name))]
+        if problems:
+            raise ConfigError("invalid training option(s): " + "; ".join(problems)
+                              + ". Pass values in the allowed ranges (`autoseg train --help`)")
+
+
+def _integer(low: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
+
+
+def _real(test: Callable[[float], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and test(v)
+
+
+def _name(pattern: str) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and re.fullmatch(pattern, v) is not None
+
+
+# TrainConfig field -> (allowed values in words, check); a test keeps this covering every field
+TRAIN_OPTION_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "dataset_name": ("a dataset name", _name(r".+")),
+    "config": ("a configuration name such as 2d or 3d_fullres", _name(r".+")),
+    "fold": ("a fold number or 'full'", _name(r"\d+|full")),
+    "trainer": ("a registered trainer name", _name(r".+")),
+    "epochs": ("an integer >= 1", _integer(1)),
+    "iters_per_epoch": ("an integer >= 1", _integer(1)),
+    "val_iters": ("an integer >= 1", _integer(1)),
+    "time_budget_s": ("a duration > 0 seconds", _real(lambda v: v > 0)),
+    "early_stop": ("an integer >= 1 (epochs)", _integer(1)),
+    "lr": ("a number > 0", _real(lambda v: v > 0)),
+    "momentum": ("a number >= 0 and < 1", _real(lambda v: 0 <= v < 1)),
+    "weight_decay": ("a number >= 0", _real(lambda v: v >= 0)),
+    "grad_clip": ("a number > 0", _real(lambda v: v > 0)),
+    "precision": ("auto, fp32, bf16 or fp16", _name(r"auto|fp32|bf16|fp16")),
+    "device": ("auto, cpu, cuda, cuda:N or mps", _name(r"auto|cpu|cuda(:\d+)?|mps")),
+    "deterministic": ("true or false", lambda v: isinstance(v, bool)),
+    "seed": ("an integer >= 0", _integer(0)),
+    "batch_size": ("an integer >= 1", _integer(1)),
+    "oversample_foreground": ("a fraction >= 0 and <= 1", _real(lambda v: 0 <= v <= 1)),
+    "checkpoint_every": ("an integer >= 1 (epochs)", _integer(1)),
+    "workers": ("an integer >= 0 (0: in-process)", _integer(0)),
+}
+_UNSET_ALLOWED = frozenset({"time_budget_s", "early_stop", "batch_size"})  # None: not set
+_CLI_NAMES = {"dataset_name": "DATASET", "config": "CONFIG", "fold": "FOLD", "time_budget_s": "--time-budget"}
+_NOT_ON_CLI = frozenset({"trainer", "momentum", "weight_decay", "grad_clip", "oversample_foreground"})
+
+
+def _option_name(field: str) -> str:
+    """The name a user knows: the `autoseg train` option, or the API keyword where the CLI has none."""
+    if field in _NOT_ON_CLI:
+        return f"{field} (train option)"
+    return _CLI_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
 RESUMABLE_CHANGES = frozenset({"workers", "device", "checkpoint_every"})

@@ -10,15 +10,21 @@ import re
 
 from autoseg.errors import ConfigError
 
-_UNITS = {"s": 1, "m": 60, "h": 3600}
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+_EXAMPLES = "e.g. 30m, 90s, 1h or 1h30m"
 
 
 def parse_duration(text: str) -> float:
-    """'90s', '10m', '1.5h' or '1h30m' -> seconds."""
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smh])", text.strip().lower())
-    if not parts or "".join(f"{n}{u}" for n, u in parts) != re.sub(r"\s+", "", text.strip().lower()):
-        raise ConfigError(f"time budget '{text}' is not a duration; use e.g. 30m, 90s, 1h or 1h30m")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
+    """'90s', '10m', '1.5h' or '1h30m' -> seconds; refuses what is not a duration, and zero."""
+    compact = re.sub(r"\s+", "", str(text)).lower()
+    match = _DURATION.fullmatch(compact)
+    if not compact or match is None:
+        raise ConfigError(f"time budget '{text}' is not a duration: expected numbers with units h, m, s "
+                          f"(in that order), {_EXAMPLES}")
+    seconds = sum(float(n) * unit for n, unit in zip(match.groups(), (3600, 60, 1)) if n)
+    if seconds <= 0:
+        raise ConfigError(f"time budget '{text}' is 0 seconds: expected a duration > 0, {_EXAMPLES}")
+    return seconds
 
 
 def poly_lr(initial_lr: float, fraction_done: float, exponent: float = 0.9) -> float:
