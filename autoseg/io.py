@@ -3,10 +3,14 @@
 Arrays use numpy axis order (z, y, x) with a leading channel axis for images; `Geometry` keeps
 SimpleITK's own (x, y, z) spacing, origin and direction so a read-then-write round trip is exact.
 2D formats without physical spacing (PNG, JPG, BMP, TIFF) get SimpleITK's nominal 1.0 mm pixels.
+Images holding NaN/inf are refused, NIfTI included, whose reader would silently read them as 0.
 """
 from __future__ import annotations
 
 import gzip
+import logging
+import math
+import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +20,8 @@ import SimpleITK as sitk
 
 from autoseg.atomic import atomic_write
 from autoseg.errors import ImageIOError
+
+log = logging.getLogger(__name__)
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 PLAIN_2D_ENDINGS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -89,24 +95,101 @@ def _read_sitk(path: Path) -> sitk.Image:
     except RuntimeError as exc:
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
         raise ImageIOError(f"{path}: cannot be read as an image ({first_line}); check that the file is complete and in a supported format") from None
-    _check_complete(path, image)
+    if file_ending(path) in (".nii", ".nii.gz"):
+        _check_nifti(path, image)
     return image
 
 
-def _check_complete(path: Path, image: sitk.Image) -> None:
-    """ITK's NIfTI reader zero-fills a truncated file without complaint, so check the length here."""
-    ending = file_ending(path)
-    if ending == ".nii.gz":
-        try:
-            with gzip.open(path, "rb") as stream:
-                while stream.read(1 << 24):
+# ---------------------------------------------------------------- what ITK's NIfTI reader passes over
+# It zero-fills a truncated file, reads NaN/inf voxels as 0 and takes 1.0 for a zero or non-finite
+# pixdim, all without a word. So the header is parsed here (NIfTI-1, either byte order: this ITK reads
+# no NIfTI-2) and the voxels are read once more, in chunks (scl_slope/scl_inter cannot create NaN/inf).
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # datatype codes of the real float types, the only ones holding NaN/inf
+_CHUNK = 1 << 24
+
+
+@dataclass(frozen=True)
+class _NiftiHeader:
+    vox_offset: int
+    data_bytes: int
+    float_dtype: np.dtype | None  # None: integers (and complex/RGB, which are not checked)
+    spacing: tuple[float, ...]  # pixdim of the spatial axes, x first
+
+
+def _parse_nifti_header(raw: bytes) -> _NiftiHeader | None:
+    """What the checks need from a NIfTI-1 header (sizeof_hdr 348 tells the byte order); None if not one."""
+    order = next((o for o in "<>" if len(raw) >= 348 and struct.unpack_from(o + "i", raw)[0] == 348), None)
+    if order is None:
+        return None
+    dims = struct.unpack_from(order + "8h", raw, 40)
+    datatype, bitpix = struct.unpack_from(order + "2h", raw, 70)
+    pixdim = struct.unpack_from(order + "8f", raw, 76)
+    offset = struct.unpack_from(order + "f", raw, 108)[0]
+    ndim = min(max(dims[0], 1), 7)
+    voxels = math.prod(max(d, 1) for d in dims[1:ndim + 1])
+    code = _NIFTI_FLOATS.get(datatype)
+    return _NiftiHeader(max(int(offset), 352), voxels * bitpix // 8, np.dtype(order + code) if code else None,
+                        tuple(pixdim[1:min(ndim, 3) + 1]))
+
+
+def _check_nifti(path: Path, image: sitk.Image) -> None:
+    """Truncation and NaN/inf are ImageIOErrors; an invalid pixdim is a warning."""
+    compressed = file_ending(path) == ".nii.gz"
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as stream:
+            header = _parse_nifti_header(stream.read(348))
+            if header is None:
+                return  # a variant this parser does not know, which ITK read: nothing more to say
+            _warn_invalid_spacing(path, header.spacing, image.GetSpacing())
+            if header.float_dtype is None and not compressed:  # integers cannot be NaN: the length suffices
+                found, bad = path.stat().st_size - header.vox_offset, 0
+            else:
+                stream.seek(header.vox_offset)
+                found, bad = _scan_voxels(stream, header)
+                while compressed and stream.read(_CHUNK):  # the rest must decompress too (CRC at the end)
                     pass
-        except (EOFError, OSError, zlib.error) as exc:
-            raise ImageIOError(f"{path}: compressed data is truncated or corrupt ({exc}); copy or export the file again") from None
-    elif ending == ".nii":
-        needed = 352 + sitk.GetArrayViewFromImage(image).nbytes  # header + voxels, a lower bound
-        if path.stat().st_size < needed:
-            raise ImageIOError(f"{path}: file is truncated ({path.stat().st_size} bytes, at least {needed} needed); copy or export it again")
+    except (EOFError, OSError, zlib.error) as exc:
+        raise ImageIOError(f"{path}: data is truncated or corrupt ({exc}); copy or export the file again") from None
+    if found < header.data_bytes:
+        raise ImageIOError(f"{path}: file is truncated (it holds {max(found, 0)} of the {header.data_bytes} bytes of "
+                           "voxel data its header declares); copy or export it again")
+    if bad:
+        raise ImageIOError(_non_finite_message(path, bad))
+
+
+def _scan_voxels(stream, header: _NiftiHeader) -> tuple[int, int]:
+    """(voxel data bytes present, non-finite voxels), reading from the voxel data's start in chunks."""
+    dtype, found, bad, carry = header.float_dtype, 0, 0, b""
+    while found < header.data_bytes:
+        chunk = stream.read(min(_CHUNK, header.data_bytes - found))
+        if not chunk:
+            break
+        found += len(chunk)
+        if dtype is not None:
+            data = carry + chunk if carry else chunk  # a short read may split a value
+            whole = len(data) // dtype.itemsize
+            values = np.frombuffer(data, dtype, count=whole)
+            bad += whole - int(np.count_nonzero(np.isfinite(values)))
+            carry = data[whole * dtype.itemsize:]
+    return found, bad
+
+
+def _warn_invalid_spacing(path: Path, header_spacing: tuple[float, ...], used: tuple[float, ...]) -> None:
+    if not all(math.isfinite(s) and s > 0 for s in header_spacing):
+        log.warning("%s: pixel spacing (pixdim) %s in the header is zero, negative or not a number; the reader uses "
+                    "%s instead; fix the header if physical sizes matter", path,
+                    tuple(float(s) for s in header_spacing), tuple(used))
+
+
+def _non_finite_message(path: Path, count: int) -> str:
+    return f"{path}: {count} NaN/inf value(s); replace them (e.g. with the image minimum)"
+
+
+def _refuse_non_finite(path: Path, array: np.ndarray) -> None:
+    if np.issubdtype(array.dtype, np.floating):
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise ImageIOError(_non_finite_message(path, bad))
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -132,10 +215,16 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """Read an image file or DICOM series folder as a channel-first array (C, *spatial) and its geometry.
 
     Grayscale images have C=1; RGB images have C=3; 4D images put their last axis in C.
+    NaN/inf values are an ImageIOError naming the file.
     """
-    image = _read_sitk(Path(path))
-    if image.GetDimension() == 4:
-        return _split_4d(image)
+    path = Path(path)
+    image = _read_sitk(path)
+    array, geometry = _split_4d(image) if image.GetDimension() == 4 else _channels_first(path, image)
+    _refuse_non_finite(path, array)
+    return array, geometry
+
+
+def _channels_first(path: Path, image: sitk.Image) -> tuple[np.ndarray, Geometry]:
     array = sitk.GetArrayFromImage(image)
     if file_ending(path) == ".bmp" and _is_gray_rgb(array, image):
         array = array[None, ..., 0]  # ITK expands a grayscale palette BMP to 3 identical channels
