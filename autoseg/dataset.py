@@ -138,6 +138,10 @@ def _scan(root: Path) -> _Scan:
     if meta.channel_names is None or meta.file_ending is None or not all((root / s).is_dir() for s in TRAINING_FOLDERS):
         return scan  # case files cannot be named or paired; listing them would only add noise
     scan.cases, training_ids = _training_cases(root, meta, problems)
+    if not training_ids:
+        problems.append(f"imagesTr/, labelsTr/: no training cases; a dataset needs at least one case, e.g. "
+                        f"imagesTr/{_channel_file_name('case_001', 0, meta.file_ending)} with "
+                        f"labelsTr/case_001{meta.file_ending}")
     if (root / "imagesTs").is_dir():
         scan.test_cases = _unlabelled_cases(root, root / "imagesTs", meta, problems)
     if meta.num_training is not None and meta.num_training != len(training_ids):
