@@ -12,21 +12,41 @@ def _fmt(values, digits: int = 3) -> str:
 
 
 def plan_table(plan: Plan) -> Table:
-    """One column per configuration, one row per decision (fits a narrow terminal)."""
-    table = Table(title=f"{plan.dataset_name}: plan ({plan.gpu_memory_gb:g} GB budget)", box=box.SIMPLE_HEAD)
+    """One column per configuration, one row per decision (fits a narrow terminal); a budget-aware
+    plan adds what it measured and expects."""
+    budgeted = [c.budget for c in plan.configurations.values() if c.budget]
+    sized_for = f"{budgeted[0].time_budget_s / 60:g} min of training on {budgeted[0].device}" if budgeted else f"{plan.gpu_memory_gb:g} GB budget"
+    table = Table(title=f"{plan.dataset_name}: plan ({sized_for})", box=box.SIMPLE_HEAD)
     table.add_column("")
     for name in plan.configurations:
         table.add_column(name, no_wrap=True)
-    rows: dict[str, list[str]] = {k: [] for k in ("spacing (mm)", "median shape", "patch", "batch", "stages", "pooling per axis", "normalization", "est. memory")}
+    keys = ["spacing (mm)", "median shape", "patch", "batch", "stages", "features", "pooling per axis", "normalization", "est. memory"]
+    if budgeted:
+        keys += ["precision", "step time", "expected iterations", "expected patches"]
+    rows: dict[str, list[str]] = {k: [] for k in keys}
     for cfg in plan.configurations.values():
         pools = [sum(1 for s in cfg.network.strides if s[a] > 1) for a in range(len(cfg.patch_size))]
         norm = ", ".join(sorted({n.scheme + ("+mask" if n.use_mask else "") for n in cfg.normalization}))
-        for key, value in zip(rows, (_fmt(cfg.spacing), _fmt(cfg.median_shape), _fmt(cfg.patch_size), str(cfg.batch_size),
-                                     str(cfg.network.num_stages), _fmt(pools), norm, f"{cfg.estimated_memory_gb:.1f} GB")):
+        values = [_fmt(cfg.spacing), _fmt(cfg.median_shape), _fmt(cfg.patch_size), str(cfg.batch_size), str(cfg.network.num_stages),
+                  f"{cfg.network.features[0]}..{cfg.network.features[-1]}", _fmt(pools), norm, f"{cfg.estimated_memory_gb:.1f} GB"]
+        if budgeted:
+            b = cfg.budget
+            values += [b.precision, f"{b.step_time_s:.3f} s", str(b.expected_iterations), str(b.expected_samples)] if b else ["-"] * 4
+        for key, value in zip(rows, values):
             rows[key].append(value)
     for key, values in rows.items():
         table.add_row(key, *values)
     return table
+
+
+def budget_reasons(plan: Plan) -> list[str]:
+    """The budget-aware planner's reasons, one line each, per configuration."""
+    lines = []
+    for name, cfg in plan.configurations.items():
+        if cfg.budget:
+            lines.append(f"{name}:")
+            lines += [f"  - {reason}" for reason in cfg.budget.reasons]
+    return lines
 
 
 def evaluation_table(summary) -> Table:

@@ -29,9 +29,9 @@ LOWRES_THRESHOLD = 0.25
 ALL_CONFIGS = ("2d", "3d_fullres", "3d_lowres")
 
 
-def network_for(topology: Topology, in_channels: int, num_classes: int, name: str) -> NetworkPlan:
+def network_for(topology: Topology, in_channels: int, num_classes: int, name: str, base_features: int = BASE_FEATURES) -> NetworkPlan:
     ndim = len(topology.patch_size)
-    features = tuple(min(BASE_FEATURES * 2**i, MAX_FEATURES[ndim]) for i in range(topology.num_stages))
+    features = tuple(min(base_features * 2**i, MAX_FEATURES[ndim]) for i in range(topology.num_stages))
     return NetworkPlan(name, ndim, in_channels, num_classes, features, topology.kernel_sizes, topology.strides)
 
 
@@ -43,17 +43,18 @@ def resampling_for(spacing: Sequence[float], config_ndim: int) -> ResamplingPlan
     return ResamplingPlan()
 
 
-class _Context:
+class PlanningContext:
     """What every configuration of one planning run shares."""
 
-    def __init__(self, fingerprint: Fingerprint, gpu_memory_gb: float, network: str):
+    def __init__(self, fingerprint: Fingerprint, gpu_memory_gb: float, network: str, base_features: int = BASE_FEATURES):
         self.fingerprint = fingerprint
         self.gpu_memory_gb = gpu_memory_gb
         self.spacings = np.array(fingerprint.spacings, dtype=float)
         self.cropped_shapes = np.array([c.cropped_shape for c in fingerprint.cases], dtype=float)
         self.fullres_spacing = np.array(fullres_target_spacing(self.spacings, self.cropped_shapes))
         self.make_network = partial(
-            network_for, in_channels=len(fingerprint.channels), num_classes=len(fingerprint.labels), name=network
+            network_for, in_channels=len(fingerprint.channels), num_classes=len(fingerprint.labels), name=network,
+            base_features=base_features,
         )
         self.normalization = plan_normalization(fingerprint)
 
@@ -116,7 +117,7 @@ def plan_dataset(
     if gpu_memory_gb <= 0:
         raise PlanError(f"--gpu-memory-gb must be positive, got {gpu_memory_gb}")
     wanted = set(configs or ALL_CONFIGS)
-    ctx = _Context(fingerprint, gpu_memory_gb, network)
+    ctx = PlanningContext(fingerprint, gpu_memory_gb, network)
     planned: dict[str, ConfigPlan] = {}
     if "2d" in wanted:
         planned["2d"] = ctx.configure("2d", ctx.fullres_spacing)

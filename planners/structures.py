@@ -1,0 +1,35 @@
+"""Structure sizes from the fingerprint's label statistics (voxel fractions and component counts)."""
+from __future__ import annotations
+
+import math
+from statistics import median
+
+from autoseg.config import Fingerprint
+
+
+def smallest_structure_mm(fingerprint: Fingerprint) -> float | None:
+    """Equivalent diameter (mm) of the smallest labelled structure: per foreground label, the median
+    over cases of (labelled volume / connected components), as the diameter of a disc (2D) or ball
+    (3D) of that size; the smallest over labels. None without any labelled voxel.
+
+    It overstates the thickness of thin or elongated structures (a cord's gray-matter horn is
+    thinner than its ball), so the planner's floor on it is generous."""
+    per_label: dict[str, list[float]] = {}
+    for case in fingerprint.cases:
+        voxel_volume = math.prod(case.spacing)
+        image_voxels = math.prod(case.shape)
+        for label, fraction in case.label_fractions.items():
+            components = case.label_components.get(label, 0)
+            if label == "0" or fraction <= 0 or components <= 0:
+                continue
+            per_label.setdefault(label, []).append(fraction * image_voxels * voxel_volume / components)
+    if not per_label:
+        return None
+    smallest = min(median(sizes) for sizes in per_label.values())
+    return _equivalent_diameter(smallest, fingerprint.ndim)
+
+
+def _equivalent_diameter(size: float, ndim: int) -> float:
+    if ndim == 2:
+        return 2.0 * math.sqrt(size / math.pi)
+    return 2.0 * (3.0 * size / (4.0 * math.pi)) ** (1.0 / 3.0)
