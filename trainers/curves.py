@@ -12,14 +12,16 @@ WIDTH, HEIGHT, MARGIN = 900, 420, 50
 COLORS = {"train_loss": (31, 119, 180), "val_loss": (255, 127, 14), "pseudo_dice": (150, 150, 150), "ema_dice": (44, 160, 44)}
 
 
-def _polyline(draw: ImageDraw.ImageDraw, values: list[float], lo: float, hi: float, box, color) -> None:
+def _polyline(draw: ImageDraw.ImageDraw, values: list[float], lo: float, hi: float, box, color, xs: list[float] | None = None) -> None:
+    """`values` at positions `xs` (default: their index), scaled into `box`."""
     x0, y0, x1, y1 = box
-    finite = [(i, v) for i, v in enumerate(values) if np.isfinite(v)]
+    xs = xs if xs is not None and len(xs) == len(values) else list(range(len(values)))
+    finite = [(x, v) for x, v in zip(xs, values) if np.isfinite(v)]
     if not finite:
         return
-    n = max(len(values) - 1, 1)
+    x_span = (max(xs) - min(xs)) or 1.0
     span = (hi - lo) or 1.0
-    points = [(x0 + (x1 - x0) * i / n, y1 - (y1 - y0) * (v - lo) / span) for i, v in finite]
+    points = [(x0 + (x1 - x0) * (x - min(xs)) / x_span, y1 - (y1 - y0) * (v - lo) / span) for x, v in finite]
     if len(points) > 1:
         draw.line(points, fill=color, width=2)
     else:  # one epoch so far: a dot
@@ -27,23 +29,27 @@ def _polyline(draw: ImageDraw.ImageDraw, values: list[float], lo: float, hi: flo
         draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
 
 
-def _panel(draw, history, keys, box, title, fixed_range=None) -> None:
+def _panel(draw, history, keys, box, title, fixed_range=None, xs: list[float] | None = None) -> None:
     values = [v for k in keys for v in history.get(k, []) if np.isfinite(v)]
     lo, hi = fixed_range or ((min(values), max(values)) if values else (0.0, 1.0))
     draw.rectangle(box, outline=(0, 0, 0))
     draw.text((box[0], box[1] - 14), f"{title}  [{lo:.3g} .. {hi:.3g}]", fill=(0, 0, 0))
     for i, key in enumerate(keys):
-        _polyline(draw, history.get(key, []), lo, hi, box, COLORS[key])
+        _polyline(draw, history.get(key, []), lo, hi, box, COLORS[key], xs)
         draw.text((box[0] + 5 + 110 * i, box[3] + 5), key, fill=COLORS[key])
 
 
 def write_progress_png(path: Path, history: dict[str, list[float]]) -> None:
-    """Two panels over epochs: train/val loss, and pseudo-Dice with its EMA (0..1)."""
+    """Two panels: train/val loss over epochs, and pseudo-Dice with its EMA (0..1) over training
+    time, so the curve shows when the model becomes useful."""
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
     half = WIDTH // 2
+    minutes = [t / 60 for t in history.get("elapsed_s", [])]
     _panel(draw, history, ("train_loss", "val_loss"), (MARGIN, MARGIN, half - 20, HEIGHT - MARGIN), "loss")
-    _panel(draw, history, ("pseudo_dice", "ema_dice"), (half + 20, MARGIN, WIDTH - MARGIN, HEIGHT - MARGIN), "pseudo-Dice", (0.0, 1.0))
-    draw.text((MARGIN, 10), f"epochs: {len(history.get('train_loss', []))}", fill=(0, 0, 0))
+    _panel(draw, history, ("pseudo_dice", "ema_dice"), (half + 20, MARGIN, WIDTH - MARGIN, HEIGHT - MARGIN), "pseudo-Dice",
+           (0.0, 1.0), minutes)
+    elapsed = f", {minutes[-1]:.1f} min (Dice panel: x = minutes of training)" if minutes else ""
+    draw.text((MARGIN, 10), f"epochs: {len(history.get('train_loss', []))}{elapsed}", fill=(0, 0, 0))
     with atomic_write(path, suffix=".png") as tmp:
         image.save(tmp)
