@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, List, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -36,15 +37,31 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show deb
 
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
-    """Known user mistakes end with a clear message and exit code 2, not a traceback."""
+    """Known user mistakes, and what the file system refuses, end with a clear message and exit code 2,
+    not a traceback."""
     try:
         yield
     except AutosegError as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(EXIT_PROBLEM) from None
+        _error(str(exc))
+    except OSError as exc:  # a full disk, a missing permission, a path under a file: no traceback helps there
+        _error(_os_error_message(exc))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
+
+
+def _error(message: str) -> NoReturn:
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # long paths stay whole
+    raise typer.Exit(EXIT_PROBLEM) from None
+
+
+def _os_error_message(exc: OSError) -> str:
+    """One line: the path(s), the reason and its errno, and where to look."""
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    code = f"errno {exc.errno} {errno.errorcode.get(exc.errno, '')}".rstrip() if exc.errno else "no errno"
+    reason = (exc.strerror or str(exc) or type(exc).__name__).splitlines()[0]
+    return (f"cannot access {paths or 'a file'}: {reason} ({code}); check the path, its permissions "
+            "and the free disk space")
 
 
 @contextlib.contextmanager
