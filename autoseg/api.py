@@ -47,11 +47,13 @@ def plan(
     Nothing is written unless validation passes. Returns the plan and the plan.json path.
     """
     from autoseg.planners import plan_dataset
+    from autoseg.workdir import check_folder
 
+    wd = Workdir.at(workdir)
+    check_folder(wd.root, "workdir (--workdir)")  # before the work whose results it must hold
     dataset = validate(dataset_dir, workers=workers, progress=progress)
     facts = fingerprint(dataset, workers=workers, progress=progress)
     decided = plan_dataset(facts, gpu_memory_gb=gpu_memory_gb, configs=configs, network=network)
-    wd = Workdir.at(workdir)
     schema.write_json_atomic(wd.fingerprint_path(dataset.name), facts)
     path = schema.write_json_atomic(wd.plan_path(dataset.name), decided)
     log.info("plan written to %s", path)
@@ -191,8 +193,11 @@ def predict_folder(
     `max_tile_growth`: tiles may grow up to this factor of the patch per axis where that computes
     fewer voxels than overlapping patches (1.0: always patch-sized tiles, nnU-Net's tiling)."""
     from autoseg.devices import resolve_device
-    from autoseg.inference.predictor import Predictor, load_models
+    from autoseg.inference.predictor import OUTPUT_FOLDER, Predictor, check_options, load_models
+    from autoseg.workdir import check_folder
 
+    check_options(step_fraction, max_tile_growth, precision)  # before the models are loaded
+    check_folder(output_dir, OUTPUT_FOLDER)
     resolved = resolve_device(device)
     predictor = Predictor(load_models(models, resolved), resolved, precision, tta, step_fraction,
                           keep_largest=keep_largest, max_tile_growth=max_tile_growth)
@@ -243,7 +248,11 @@ def predict_bundle_folder(inputs, output_dir: str | Path, bundle: str | Path, sa
     """Predict with a model bundle (best.json, or a folder holding model.json): its members'
     probabilities are averaged and its postprocessing applied."""
     from autoseg.inference.bundle_predictor import BundlePredictor
+    from autoseg.inference.predictor import OUTPUT_FOLDER, check_options
+    from autoseg.workdir import check_folder
 
+    check_options(step_fraction, precision=precision)  # before the models are loaded
+    check_folder(output_dir, OUTPUT_FOLDER)
     predictor = BundlePredictor(bundle, device, precision, tta, step_fraction)
     return predictor.predict_folder(inputs, output_dir, save_probabilities, skip_existing, progress)
 

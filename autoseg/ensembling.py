@@ -23,6 +23,7 @@ from autoseg.atomic import atomic_write
 from autoseg.errors import ConfigError
 from autoseg.inference.bundle import Postprocessing
 from autoseg.postprocessing import keep_largest_component
+from autoseg.workdir import make_folder
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,10 @@ def ensemble_folders(dirs: Sequence[str | Path], out_dir: str | Path, postproces
     """
     folders, out_dir = [Path(d) for d in dirs], Path(out_dir)
     _check_folders(folders, out_dir)
+    case_ids = _common_cases(folders)
+    make_folder(out_dir, "output folder (-o)")  # a path that cannot hold the results fails before any work
     written = []
-    for case_id in _common_cases(folders):
+    for case_id in case_ids:
         label_path = label_file_of(folders[0], case_id)
         shape, _, geometry = io.read_image_info(label_path)  # the header is all we need
         probabilities, values, names = average_probabilities([d / f"{case_id}{PROBABILITIES_ENDING}" for d in folders])

@@ -13,6 +13,7 @@ Every case is checked (headers, channel count, output ending) before the first o
 from __future__ import annotations
 
 import logging
+import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,10 @@ import numpy as np
 import torch
 
 from autoseg import io
+from autoseg.atomic import sweep_stale_temporaries
 from autoseg.ensembling import labels_from_probabilities, save_probabilities
 from autoseg.errors import ConfigError
-from autoseg.devices import resolve_device, resolve_precision
+from autoseg.devices import PRECISION_NAMES, resolve_device, resolve_precision
 from autoseg.inference.ensemble import Ensemble, Member, load_models
 from autoseg.inference.inputs import CaseInput, channel_count_message, check_case_headers, discover_cases
 from autoseg.inference.sliding_window import predict_slices, sliding_window_predict
@@ -33,11 +35,16 @@ from autoseg.inference.tiling import DEFAULT_MAX_GROWTH, choose_tile, patches_pe
 from autoseg.postprocessing import keep_largest_component
 from autoseg.preprocessing import preprocess_case, restore_original
 from autoseg.progress import ProgressFactory, task
+from autoseg.workdir import make_folder
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Predictor", "predict", "load_models",
-           "probabilities_path"]
+           "probabilities_path", "check_options"]
+
+OUTPUT_FOLDER = "output folder (-o)"
+# --continue leaves a temporary younger than this alone: another prediction may be writing it
+SWEEP_MIN_AGE_S = 60.0
 
 
 @dataclass
@@ -46,6 +53,20 @@ class Inferred:
 
     probabilities: np.ndarray  # (K, *resampled) float32
     properties: dict[str, Any]  # from preprocess_case
+
+
+def check_options(step_fraction: float = 0.5, max_tile_growth: float = DEFAULT_MAX_GROWTH, precision: str = "auto",
+                  tile_batch_size: int | None = None) -> None:
+    """The prediction options, checked in one place (the Predictor, and the API before loading models)."""
+    if not 0 < step_fraction <= 1:
+        raise ConfigError(f"step_fraction (--step) must be in (0, 1] (0.5 = tiles overlap by half), found {step_fraction}")
+    if not (math.isfinite(max_tile_growth) and max_tile_growth >= 1):
+        raise ConfigError(f"max_tile_growth (--max-tile-growth) must be a number >= 1 (1: patch-sized tiles; "
+                          f"1.5: tiles up to 1.5x the patch), found {max_tile_growth}")
+    if precision not in PRECISION_NAMES:
+        raise ConfigError(f"precision '{precision}' is unknown; use one of {', '.join(PRECISION_NAMES)}")
+    if tile_batch_size is not None and tile_batch_size < 1:
+        raise ConfigError(f"tile_batch_size must be at least 1 (or None for the default), found {tile_batch_size}")
 
 
 def probabilities_path(output_path: Path) -> Path:
@@ -64,10 +85,7 @@ class Predictor:
     def __init__(self, ensemble: Ensemble, device: str | torch.device = "auto", precision: str = "auto",
                  tta: bool = True, step_fraction: float = 0.5, tile_batch_size: int | None = None,
                  keep_largest: bool | Sequence[int] = False, max_tile_growth: float = DEFAULT_MAX_GROWTH):
-        if not 0 < step_fraction <= 1:
-            raise ConfigError(f"step_fraction must be in (0, 1] (0.5 = tiles overlap by half), found {step_fraction}")
-        if tile_batch_size is not None and tile_batch_size < 1:
-            raise ConfigError(f"tile_batch_size must be at least 1 (or None for the default), found {tile_batch_size}")
+        check_options(step_fraction, max_tile_growth, precision, tile_batch_size)
         reuse_freed_memory()  # tiles' activations are reused instead of re-faulted for every forward
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device, inference=True)
@@ -188,11 +206,15 @@ class Predictor:
         """Predict every case of a folder (nnU-Net naming, plain files, DICOM series) or a file list.
 
         Writes output_dir/<case><ending> (the input's ending unless `output_ending`; DICOM gives
-        .nii.gz). skip_existing: leave cases whose output exists. Returns the paths written.
+        .nii.gz). skip_existing: leave cases whose output exists (and remove temporaries an
+        interrupted run left there). Returns the paths written.
         """
         output_dir = Path(output_dir)
         cases = discover_cases(input_dir_or_files)
         _refuse_input_folder(input_dir_or_files, cases, output_dir)
+        make_folder(output_dir, OUTPUT_FOLDER)
+        if skip_existing:
+            sweep_stale_temporaries(output_dir, min_age_s=SWEEP_MIN_AGE_S)
         targets = {c.case_id: output_dir / c.output_name(output_ending) for c in cases}
         todo = [c for c in cases if not (skip_existing and _done(targets[c.case_id], save_probabilities))]
         if len(todo) < len(cases):
