@@ -3,9 +3,15 @@
 Priority: the dataset's own splits_final.json (nnU-Net's format: a list of {"train": [...],
 "val": [...]}); else folds that keep each group together (dataset.json "groups" or a regex on case
 ids), written once to the workdir so every later run sees the same folds; else seeded k-fold.
+
+The workdir's splits.json keeps nnU-Net's plain list; the options it was made with sit beside it in
+splits_options.json. Options given later must agree with them (or with what a splits file without a
+record shows: its number of folds, groups kept on one side), else ConfigError: folds are never
+silently other than asked. `rebuild` makes new workdir folds from the options given.
 """
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -14,7 +20,12 @@ import numpy as np
 from autoseg import schema
 from autoseg.errors import ConfigError, DatasetError
 
+log = logging.getLogger(__name__)
+
 Split = dict[str, list[str]]
+DEFAULT_FOLDS, SEED = 5, 0
+_OPTION_NAMES = {"num_folds": "--num-folds", "group_by": "--group-by",
+                 "groups_from_dataset_json": "groups from dataset.json", "seed": "seed"}
 
 
 def _check_splits(splits: object, case_ids: set[str], path: Path) -> list[Split]:
@@ -72,20 +83,96 @@ def make_splits(case_ids: list[str], num_folds: int = 5, seed: int = 0, groups: 
     return splits
 
 
+def options_path(splits_path: Path) -> Path:
+    """Where the options of the workdir's folds are recorded: splits_options.json beside splits.json."""
+    return splits_path.with_name(f"{splits_path.stem}_options.json")
+
+
 def load_or_create_splits(
     case_ids: list[str], dataset_splits: Path | None, workdir_splits: Path,
-    num_folds: int = 5, seed: int = 0, groups: list[str] | None = None,
+    num_folds: int | None = None, seed: int = SEED, groups: list[str] | None = None, *,
+    group_by: str | None = None, groups_from_dataset_json: bool = False, rebuild: bool = False,
 ) -> list[Split]:
+    """The dataset's splits, else the workdir's, else new ones (written with their options).
+
+    `num_folds` None: not given (the stored folds, or DEFAULT_FOLDS for new ones). `group_by` and
+    `groups_from_dataset_json` say where `groups` came from; they are recorded and compared.
+    """
     ids = set(case_ids)
     if dataset_splits is not None and dataset_splits.is_file():
-        return _check_splits(schema.read_json(dataset_splits, DatasetError), ids, dataset_splits)
+        if rebuild:
+            raise ConfigError(f"--rebuild-splits remakes the workdir's folds, but {dataset_splits} (the dataset's own) "
+                              "decides them; edit or remove that file instead")
+        splits = _check_splits(schema.read_json(dataset_splits, DatasetError), ids, dataset_splits)
+        _refuse(dataset_splits, _unrecorded_conflicts(splits, num_folds, groups if group_by else None, case_ids),
+                "the dataset's splits_final.json decides the folds: drop these options, or edit or remove that file")
+        return splits
+    wanted = {"num_folds": num_folds or DEFAULT_FOLDS, "group_by": group_by,
+              "groups_from_dataset_json": groups_from_dataset_json, "seed": seed}
+    if rebuild:
+        _remove_splits(workdir_splits, wanted)
     if workdir_splits.is_file():
-        splits = _check_splits(schema.read_json(workdir_splits, DatasetError), ids, workdir_splits)
-        return _check_covers(splits, ids, workdir_splits)
+        splits = _check_covers(_check_splits(schema.read_json(workdir_splits, DatasetError), ids, workdir_splits),
+                               ids, workdir_splits)
+        _check_same_options(workdir_splits, splits, wanted, num_folds is not None, groups, case_ids)
+        return splits
     order = sorted(range(len(case_ids)), key=lambda i: case_ids[i])  # sort cases, keeping each one's group
-    splits = make_splits([case_ids[i] for i in order], num_folds, seed, [groups[i] for i in order] if groups else None)
+    splits = make_splits([case_ids[i] for i in order], wanted["num_folds"], seed,
+                         [groups[i] for i in order] if groups else None)
+    schema.write_json_atomic(options_path(workdir_splits), wanted)  # first: splits without a record pass unchecked
     schema.write_json_atomic(workdir_splits, splits)
     return splits
+
+
+def _check_same_options(path: Path, splits: list[Split], wanted: dict, num_folds_given: bool,
+                        groups: list[str] | None, case_ids: list[str]) -> None:
+    """Refuse options given now that differ from those the workdir's folds were made with."""
+    record = options_path(path)
+    if not record.is_file():  # made by an older autoseg or by hand: check what the folds show
+        given_folds = wanted["num_folds"] if num_folds_given else None
+        _refuse(path, _unrecorded_conflicts(splits, given_folds, groups if wanted["group_by"] else None, case_ids),
+                _REBUILD)
+        return
+    recorded = schema.read_json(record, ConfigError)
+    recorded = recorded if isinstance(recorded, dict) else {}
+    not_given = {"num_folds"} if not num_folds_given else set()
+    if wanted["group_by"] is None:
+        not_given.add("group_by")  # options not given keep what the folds were made with
+    _refuse(path, [f"{_OPTION_NAMES[k]}: {recorded.get(k)!r} when they were made (see {record.name}), now {wanted[k]!r}"
+                   for k in wanted if k not in not_given and recorded.get(k) != wanted[k]], _REBUILD)
+
+
+_REBUILD = ("to make new folds pass --rebuild-splits (or delete the file); runs trained on the old folds are then "
+            "not comparable and must be retrained. To keep the old folds, drop the differing options")
+
+
+def _unrecorded_conflicts(splits: list[Split], num_folds: int | None, groups: list[str] | None,
+                          case_ids: list[str]) -> list[str]:
+    """What can be checked of folds without a record: their number, and each group on one side."""
+    problems = []
+    expected = None if num_folds is None else min(num_folds, len(set(groups or case_ids)))
+    if expected is not None and len(splits) != expected:
+        problems.append(f"--num-folds {num_folds} asks for {expected} folds, the file has {len(splits)}")
+    if groups:
+        group_of = dict(zip(case_ids, groups))
+        mixed = [str(k) for k, s in enumerate(splits)
+                 if {group_of[c] for c in s["train"]} & {group_of[c] for c in s["val"]}]
+        if mixed:
+            problems.append(f"--group-by: fold(s) {', '.join(mixed)} have a group's cases in both train and val")
+    return problems
+
+
+def _refuse(path: Path, problems: list[str], fix: str) -> None:
+    if problems:
+        raise ConfigError(f"{path}: the folds there disagree with the options given ({'; '.join(problems)}); {fix}")
+
+
+def _remove_splits(path: Path, wanted: dict) -> None:
+    if path.is_file():
+        log.warning("--rebuild-splits: replacing %s with new folds (%s); runs trained on the old folds are not "
+                    "comparable with the new ones: retrain them", path, wanted)
+    path.unlink(missing_ok=True)
+    options_path(path).unlink(missing_ok=True)
 
 
 FULL = "full"  # the fold name for one model trained on every case (nnU-Net calls it "all")
@@ -106,17 +193,36 @@ def cases_for_fold(splits: list[Split], fold: str, case_ids: list[str]) -> tuple
     return sorted(split["train"]), sorted(split["val"])
 
 
-def splits_for(dataset, splits_path: Path, num_folds: int = 5, group_by: str | None = None) -> list[Split]:
+def check_split_options(num_folds: int | None, group_by: str | None) -> None:
+    """--num-folds and --group-by are usable (before any work)."""
+    if num_folds is not None and (not isinstance(num_folds, int) or isinstance(num_folds, bool) or num_folds < 2):
+        raise ConfigError(f"--num-folds: expected an integer >= 2, found {num_folds!r}; "
+                          f"for one model on every case train fold '{FULL}'")
+    if group_by is not None:
+        try:
+            re.compile(group_by)
+        except re.error as exc:
+            raise ConfigError(f"--group-by '{group_by}' is not a regular expression ({exc}); "
+                              r"e.g. '^(\d+)_' takes the digits before the first '_' as the patient") from None
+
+
+def splits_for(dataset, splits_path: Path, num_folds: int | None = None, group_by: str | None = None,
+               rebuild: bool = False) -> list[Split]:
     """The folds of a Dataset: its splits_final.json, else the workdir's splits.json, else new
     seeded folds grouped by dataset.json "groups" or the `group_by` regex on case ids."""
+    check_split_options(num_folds, group_by)
+    if dataset.groups and group_by:
+        log.warning("--group-by '%s' is not used: dataset.json 'groups' names each case's patient", group_by)
+        group_by = None
     case_ids = [c.case_id for c in dataset.cases]
     groups = group_ids(case_ids, dataset.groups, group_by) if (dataset.groups or group_by) else None
-    return load_or_create_splits(case_ids, dataset.splits_file, splits_path, num_folds=num_folds, groups=groups)
+    return load_or_create_splits(case_ids, dataset.splits_file, splits_path, num_folds=num_folds, groups=groups,
+                                 group_by=group_by, groups_from_dataset_json=bool(dataset.groups), rebuild=rebuild)
 
 
-def fold_cases(dataset, splits_path: Path, fold: str, num_folds: int = 5,
-               group_by: str | None = None) -> tuple[list[str], list[str]]:
+def fold_cases(dataset, splits_path: Path, fold: str, num_folds: int | None = None,
+               group_by: str | None = None, rebuild: bool = False) -> tuple[list[str], list[str]]:
     """(train, val) case ids of `fold` for a Dataset; 'full' needs no splits."""
     case_ids = [c.case_id for c in dataset.cases]
-    splits = [] if fold == FULL else splits_for(dataset, splits_path, num_folds, group_by)
+    splits = [] if fold == FULL else splits_for(dataset, splits_path, num_folds, group_by, rebuild)
     return cases_for_fold(splits, fold, case_ids)
