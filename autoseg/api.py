@@ -115,41 +115,58 @@ def train(
     run_dir: str | Path | None = None,
     progress: ProgressFactory | None = None,
     on_event=None,
-    num_folds: int = 5,
+    num_folds: int | None = None,
     group_by: str | None = None,
+    rebuild_splits: bool = False,
     **options,
 ) -> Path:
     """Train one fold ("0".."k-1", or "full" for every case) of one configuration; returns the run
-    folder. `options` are TrainConfig fields. Folds: see `cross_validate`."""
+    folder. `options` are TrainConfig fields. Folds: see `cross_validate`.
+
+    Options, fold and devices are checked before any work; the run folder is locked for the whole
+    run (a second training of it is refused), and temporaries a killed run left there are removed.
+    """
+    from autoseg.atomic import sweep_stale_temporaries
     from autoseg.config import TrainConfig
+    from autoseg.dataset import load_dataset
+    from autoseg.devices import resolve_device, resolve_precision
     from autoseg.registry import TRAINERS
-    from autoseg.trainers.run_folder import run_log
+    from autoseg.trainers.run_folder import check_not_in_use, check_run_cases, run_lock, run_log
     from autoseg.trainers.splits import fold_cases
 
     import autoseg.trainers  # noqa: F401  (registers trainers)
 
-    wd = Workdir.at(workdir)
-    workers = max(1, options.get("workers", 2))  # process pools; the loader itself may run in-process (0)
-    dataset, decided, folder = _prepare(dataset_dir, config, wd, workers, progress)
-    train_ids, val_ids = fold_cases(dataset, wd.splits_path(dataset.name), str(fold), num_folds, group_by)
+    wd, dataset = Workdir.at(workdir), load_dataset(dataset_dir)
     train_config = TrainConfig(dataset_name=dataset.name, config=config, fold=str(fold), **options)
-    run = Path(run_dir) if run_dir else wd.run_dir(dataset.name, config, fold)
     trainer_cls = TRAINERS.get(train_config.trainer)
-    with run_log(run):
+    resolve_precision(train_config.precision, resolve_device(train_config.device))  # e.g. cuda without a GPU
+    train_ids, val_ids = fold_cases(dataset, wd.splits_path(dataset.name), str(fold), num_folds, group_by, rebuild_splits)
+    run = Path(run_dir) if run_dir else wd.run_dir(dataset.name, config, fold)
+    check_not_in_use(run)  # at once, not after preprocessing
+    if resume:
+        check_run_cases(run, train_ids, val_ids)
+    workers = max(1, train_config.workers)  # process pools; the loader itself may run in-process (0)
+    dataset, decided, folder = _prepare(dataset_dir, config, wd, workers, progress)
+    with run_lock(run), run_log(run):
+        sweep_stale_temporaries(run)
         trainer = trainer_cls(decided, decided.config(config), train_config, folder, run, train_ids, val_ids, on_event)
         trainer.fit(resume=resume)
     return run
 
 
 def cross_validate(dataset_dir: str | Path, config: str, folds: Sequence[str] | None = None,
-                   workdir: str | Path | None = None, num_folds: int = 5, group_by: str | None = None,
-                   progress: ProgressFactory | None = None, on_event=None, **options) -> Path:
+                   workdir: str | Path | None = None, num_folds: int | None = None, group_by: str | None = None,
+                   progress: ProgressFactory | None = None, on_event=None, rebuild_splits: bool = False,
+                   **options) -> Path:
     """Train every fold (or `folds`) in turn, resumably, then predict each fold's validation cases and
     write <config>/crossval/crossval.json. Folds come from the dataset's splits_final.json, else groups
-    (dataset.json "groups" or the `group_by` regex on case ids), else seeded `num_folds`-fold splits."""
+    (dataset.json "groups" or the `group_by` regex on case ids), else seeded `num_folds`-fold splits
+    (5 unless given), recorded in the workdir; options that disagree with recorded folds are refused
+    unless `rebuild_splits`. Every requested fold is checked before the first one trains."""
     from autoseg.crossval import cross_validate as run
 
-    return run(dataset_dir, config, folds, workdir, num_folds, group_by, progress, on_event, **options)
+    return run(dataset_dir, config, folds, workdir, num_folds, group_by, progress, on_event,
+               rebuild_splits=rebuild_splits, **options)
 
 
 def resolve_models(models: Sequence[str | Path] = (), dataset: str | None = None, config: str | None = None,

@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 
 # atomic_write's temporaries: ".{name}.{8 hex}.tmp{suffix}", suffix empty or a file ending (".png", ".nii.gz")
 _TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp(\.[A-Za-z0-9]+)*")
+# min_age_s for folders that other processes may be writing into: a live writer touches its temporary
+# every few seconds, so one untouched this long was left by a killed process
+UNTOUCHED_S = 300.0
 
 
 @contextlib.contextmanager

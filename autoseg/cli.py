@@ -146,8 +146,9 @@ def train(
     fold: Optional[str] = typer.Argument(None, help="Fold number; 'all' for every fold in turn (cross-validation); 'full' for one model on every case"),
     workdir: Optional[Path] = WorkdirOption,
     folds: Optional[str] = typer.Option(None, "--folds", help="Cross-validate only these folds, e.g. 0,2,4"),
-    num_folds: int = typer.Option(5, "--num-folds", help="Folds to make when the dataset has no splits_final.json"),
+    num_folds: Optional[int] = typer.Option(None, "--num-folds", help="Folds to make when the dataset has no splits_final.json [default: 5, or the folds already made]"),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="Regex on case ids naming the patient (first group), so a patient's images share a fold"),
+    rebuild_splits: bool = typer.Option(False, "--rebuild-splits", help="Make new folds in the workdir from --num-folds/--group-by (runs of the old folds are then not comparable)"),
     epochs: int = typer.Option(1000, "--epochs", help="Maximum number of epochs"),
     iters_per_epoch: int = typer.Option(250, "--iters-per-epoch", help="Training iterations per epoch"),
     val_iters: int = typer.Option(50, "--val-iters", help="Validation batches per epoch"),
@@ -175,19 +176,22 @@ def train(
             raise ConfigError("give a FOLD (a number, 'all' or 'full') or --folds 0,1,...")
         if folds is not None and fold not in (None, "all"):
             raise ConfigError(f"--folds goes with FOLD 'all' or no FOLD, not '{fold}'")
+        fold_names = _split_folds(folds)
         options = dict(
             epochs=epochs, iters_per_epoch=iters_per_epoch, val_iters=val_iters, early_stop=early_stop, lr=lr,
-            time_budget_s=parse_duration(time_budget) if time_budget else None, batch_size=batch_size,
+            time_budget_s=parse_duration(time_budget) if time_budget is not None else None, batch_size=batch_size,
             precision=precision, device=device, deterministic=deterministic, seed=seed, workers=workers,
             checkpoint_every=checkpoint_every,
         )
         with _progress() as progress, TrainingDisplay(console) as display:
             if cross_validation:
-                result = api.cross_validate(dataset, config, _split_folds(folds), workdir, num_folds, group_by,
-                                            progress=progress, on_event=display.update, **options)
+                result = api.cross_validate(dataset, config, fold_names, workdir, num_folds, group_by,
+                                            progress=progress, on_event=display.update, rebuild_splits=rebuild_splits,
+                                            **options)
             else:
                 result = api.train(dataset, config, fold, workdir, resume=resume, run_dir=run_dir, progress=progress,
-                                   on_event=display.update, num_folds=num_folds, group_by=group_by, **options)
+                                   on_event=display.update, num_folds=num_folds, group_by=group_by,
+                                   rebuild_splits=rebuild_splits, **options)
     if cross_validation:
         _print_crossval(result)
     else:
@@ -205,7 +209,13 @@ def _print_crossval(folder: Path) -> None:
 
 
 def _split_folds(folds: Optional[str]) -> list[str]:
-    return [f.strip() for f in folds.split(",") if f.strip()] if folds else []
+    """'0,2,4' -> ['0', '2', '4']; None -> [] (all). An empty list or item is a mistake, not 'all'."""
+    if folds is None:
+        return []
+    names = [f.strip() for f in folds.split(",")]
+    if not all(names):
+        raise ConfigError(f"--folds '{folds}': expected names separated by commas, e.g. 0,2,4; found an empty one")
+    return names
 
 
 @app.command()

@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import Sequence
 
 from autoseg import schema
-from autoseg.checkpoint import FINAL, LATEST
+from autoseg.checkpoint import BEST, FINAL, LATEST
+from autoseg.config import TrainConfig
 from autoseg.dataset import Dataset, load_dataset
+from autoseg.errors import ConfigError
 from autoseg.progress import ProgressFactory
+from autoseg.trainers.run_folder import FINISHED, KILLED, check_run_cases, run_status
+from autoseg.trainers.splits import FULL, cases_for_fold, splits_for
 from autoseg.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -26,29 +30,28 @@ def crossval_dir(wd: Workdir, dataset: str, config: str) -> Path:
     return wd.run_dir(dataset, config, 0).parent / "crossval"
 
 
-def run_status(run_dir: Path) -> str | None:
-    path = run_dir / "run.json"
-    return schema.read_json(path).get("status") if path.is_file() else None
-
-
 def cross_validate(
     dataset_dir: str | Path,
     config: str,
     folds: Sequence[str] | None = None,
     workdir: str | Path | None = None,
-    num_folds: int = 5,
+    num_folds: int | None = None,
     group_by: str | None = None,
     progress: ProgressFactory | None = None,
     on_event=None,
+    rebuild_splits: bool = False,
     **options,
 ) -> Path:
     """Train `folds` (default: every fold) of `config`, predict each fold's validation cases with its
-    final checkpoint, and write crossval.json. Returns the crossval folder."""
-    from autoseg.trainers.splits import splits_for
+    final checkpoint, and write crossval.json. Returns the crossval folder.
 
+    Options, folds and the runs already there are checked before the first fold trains."""
     wd, dataset = Workdir.at(workdir), load_dataset(dataset_dir)
-    splits = splits_for(dataset, wd.splits_path(dataset.name), num_folds, group_by)
-    wanted = [str(f) for f in folds] if folds else [str(i) for i in range(len(splits))]
+    TrainConfig(dataset_name=dataset.name, config=config, fold="0", **options)  # refuses invalid options now
+    splits = splits_for(dataset, wd.splits_path(dataset.name), num_folds, group_by, rebuild_splits)
+    wanted = requested_folds(folds, splits, [c.case_id for c in dataset.cases])
+    for k, split in enumerate(splits):  # after --rebuild-splits, runs of the old folds must not be mixed in
+        check_run_cases(wd.run_dir(dataset.name, config, k), split["train"], split["val"])
     out = crossval_dir(wd, dataset.name, config)
     for fold in wanted:
         log.info("cross-validation of %s: fold %s of %d", config, fold, len(splits))
@@ -58,15 +61,33 @@ def cross_validate(
     return _summarise(dataset, config, splits, wd, out)
 
 
+def requested_folds(folds: Sequence[str] | None, splits: list, case_ids: list[str]) -> list[str]:
+    """The folds to train (default: all), each checked against the splits before any fold trains."""
+    if not folds:
+        return [str(k) for k in range(len(splits))]
+    wanted = [str(int(f)) if str(f).strip().isdigit() else str(f) for f in folds]
+    unknown = [f for f in wanted if not (f.isdigit() and int(f) < len(splits))]
+    if unknown:
+        hint = f"; '{FULL}' is no cross-validation fold: train it alone (FOLD '{FULL}')" if FULL in unknown else ""
+        raise ConfigError(f"--folds: fold(s) {', '.join(unknown)} do not exist; this dataset has folds "
+                          f"0-{len(splits) - 1}{hint}")
+    for fold in wanted:
+        cases_for_fold(splits, fold, case_ids)  # a fold without train or val cases
+    return list(dict.fromkeys(wanted))
+
+
 def _train_fold(dataset: Dataset, config: str, fold: str, wd: Workdir, num_folds, group_by, progress, on_event, options) -> tuple[Path, bool]:
-    """Skip a finished fold, resume an interrupted one, else train it; returns (run folder, trained now)."""
+    """Skip a finished fold, resume an interrupted or killed one, else train it; returns (run folder, trained now)."""
     from autoseg import api
 
     run = wd.run_dir(dataset.name, config, fold)
-    if run_status(run) == "finished" and (run / FINAL).is_file():
+    status = run_status(run)
+    if status == FINISHED and (run / FINAL).is_file():
         log.info("fold %s already finished: %s", fold, run)
         return run, False
-    resume = (run / LATEST).is_file()
+    if status == KILLED:
+        log.info("fold %s was killed while training (run.json says running, no process holds it)", fold)
+    resume = any((run / name).is_file() for name in (LATEST, BEST))  # the trainer takes the newer
     api.train(dataset.root, config, fold, wd.root, resume=resume, progress=progress, on_event=on_event,
               num_folds=num_folds, group_by=group_by, **options)
     return run, True
@@ -88,7 +109,7 @@ def _summarise(dataset: Dataset, config: str, splits: list, wd: Workdir, out: Pa
     """Score every out-of-fold case of the finished folds; `complete` once every fold is finished."""
     from autoseg.evaluation import evaluate_folders
 
-    done = [str(i) for i in range(len(splits)) if run_status(wd.run_dir(dataset.name, config, i)) == "finished"]
+    done = [str(i) for i in range(len(splits)) if run_status(wd.run_dir(dataset.name, config, i)) == FINISHED]
     cases = sorted(c for i in done for c in splits[int(i)]["val"])
     summary = evaluate_folders(out / "predictions", dataset.root / "labelsTr", labels=dataset.labels,
                                file_ending=dataset.file_ending, case_ids=cases)

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from autoseg import schema
-from autoseg.atomic import atomic_write
+from autoseg.atomic import UNTOUCHED_S, atomic_write, sweep_stale_temporaries
 from autoseg.config import ConfigPlan, Plan
 from autoseg.cropping import crop, nonzero_bbox, nonzero_mask, uncrop
 from autoseg.errors import PlanError, PreprocessingError
@@ -271,6 +271,8 @@ def preprocess_dataset(
     plan_hash = schema.content_hash(config)
     ids = [c.case_id for c in cases]
     manifest = folder / MANIFEST
+    # fragments of a killed run; another training may be preprocessing here too, so only untouched ones
+    sweep_stale_temporaries(folder, min_age_s=UNTOUCHED_S)
     previous = _recorded_hash(manifest) if manifest.is_file() else _recorded_hash(folder / _IN_PROGRESS)
     reusable = not force and previous == plan_hash
     if reusable and _manifest_lists(manifest, ids) and all(_case_complete(folder, c) for c in cases):
