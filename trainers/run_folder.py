@@ -158,7 +158,7 @@ def _in_use(run_dir: Path) -> CheckpointError:
 
 
 def run_is_active(run_dir: Path) -> bool:
-    """True while a training process holds the run folder's lock (takes nothing from it)."""
+    """True while a training process holds the run folder's lock (probed with an instant shared lock)."""
     if fcntl is None:  # cannot tell: trust run.json
         return _recorded_status(run_dir) == RUNNING
     try:
