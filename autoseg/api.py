@@ -205,10 +205,12 @@ def predict_folder(
     keep_largest: bool = False,
     progress: ProgressFactory | None = None,
     max_tile_growth: float = 1.0,
+    slicewise: bool = False,
 ) -> list[Path]:
     """Predict every case of a folder (nnU-Net naming), a list of files, or DICOM series folders.
     `max_tile_growth`: tiles may grow up to this factor of the patch per axis where that computes
-    fewer voxels than overlapping patches (1.0: always patch-sized tiles, nnU-Net's tiling)."""
+    fewer voxels than overlapping patches (1.0: always patch-sized tiles, nnU-Net's tiling).
+    `slicewise`: let a model trained on 2D images predict 3D volumes slice by slice (else refused)."""
     from autoseg.devices import resolve_device
     from autoseg.inference.predictor import OUTPUT_FOLDER, Predictor, check_options, load_models
     from autoseg.workdir import check_folder
@@ -217,7 +219,7 @@ def predict_folder(
     check_folder(output_dir, OUTPUT_FOLDER)
     resolved = resolve_device(device)
     predictor = Predictor(load_models(models, resolved), resolved, precision, tta, step_fraction,
-                          keep_largest=keep_largest, max_tile_growth=max_tile_growth)
+                          keep_largest=keep_largest, max_tile_growth=max_tile_growth, slicewise=slicewise)
     return predictor.predict_folder(inputs, output_dir, save_probabilities, skip_existing, progress)
 
 
@@ -261,16 +263,17 @@ def ensemble(prediction_dirs: Sequence[str | Path], out_dir: str | Path, postpro
 
 def predict_bundle_folder(inputs, output_dir: str | Path, bundle: str | Path, save_probabilities: bool = False,
                           skip_existing: bool = False, tta: bool = True, step_fraction: float = 0.5,
-                          device: str = "auto", precision: str = "auto", progress: ProgressFactory | None = None) -> list[Path]:
+                          device: str = "auto", precision: str = "auto", progress: ProgressFactory | None = None,
+                          slicewise: bool = False) -> list[Path]:
     """Predict with a model bundle (best.json, or a folder holding model.json): its members'
-    probabilities are averaged and its postprocessing applied."""
+    probabilities are averaged and its postprocessing applied. `slicewise`: as in predict_folder."""
     from autoseg.inference.bundle_predictor import BundlePredictor
     from autoseg.inference.predictor import OUTPUT_FOLDER, check_options
     from autoseg.workdir import check_folder
 
     check_options(step_fraction, precision=precision)  # before the models are loaded
     check_folder(output_dir, OUTPUT_FOLDER)
-    predictor = BundlePredictor(bundle, device, precision, tta, step_fraction)
+    predictor = BundlePredictor(bundle, device, precision, tta, step_fraction, slicewise=slicewise)
     return predictor.predict_folder(inputs, output_dir, save_probabilities, skip_existing, progress)
 
 

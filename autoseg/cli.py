@@ -235,6 +235,7 @@ def predict(
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, bf16 or fp16"),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest component of each class"),
     max_tile_growth: float = typer.Option(1.0, "--max-tile-growth", help="Let tiles grow up to this factor of the patch (e.g. 1.5) where that computes fewer voxels; faster, but can cost Dice (see README). 1: patch-sized tiles, as nnU-Net"),
+    slicewise: bool = typer.Option(False, "--slicewise", help="Let a model trained on 2D images predict 3D volumes slice by slice (refused otherwise)"),
 ) -> None:
     """Predict label maps that carry each input's exact geometry."""
     from autoseg import api
@@ -246,10 +247,11 @@ def predict(
             if len(models) == 1 and api.is_bundle(models[0]):
                 if keep_largest:
                     raise ConfigError("--keep-largest does not apply to a model bundle: its postprocessing was decided by find-best")
-                written = api.predict_bundle_folder(source, output, models[0], save_probabilities, resume, tta, step, device, precision, progress)
+                written = api.predict_bundle_folder(source, output, models[0], save_probabilities, resume, tta, step, device, precision,
+                                                    progress, slicewise=slicewise)
             else:
                 written = api.predict_folder(source, output, models, save_probabilities, resume, tta, step, device, precision,
-                                             keep_largest, progress, max_tile_growth)
+                                             keep_largest, progress, max_tile_growth, slicewise=slicewise)
     out.print(f"wrote {len(written)} prediction(s) to [bold]{output}[/]")
 
 

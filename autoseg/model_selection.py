@@ -17,8 +17,10 @@ is kept only when it raises the mean foreground Dice and lowers no class's mean 
 class only turns its own voxels into background, so the per-class steps are independent.
 
 The result is written as <workdir>/runs/<dataset>/best.json (a ModelBundle, checkpoint paths
-relative to that folder); `autoseg predict --model best` reads it. Cases are scored one after the
-other (simple, and fast enough for the small out-of-fold sets of one dataset).
+relative to that folder and never outside it: dataset and configuration names are plain folder
+names, and reading a bundle refuses paths that leave its folder); `autoseg predict --model best`
+reads it. Cases are scored one after the other (simple, and fast enough for the small out-of-fold
+sets of one dataset).
 """
 from __future__ import annotations
 
@@ -95,7 +97,15 @@ class Ranked:
 
 def best_bundle_path(workdir: str | Path | None, dataset_name: str) -> Path:
     """Where find-best writes its bundle: <workdir>/runs/<dataset>/best.json."""
-    return Workdir.at(workdir).root / "runs" / dataset_name / BEST_FILE
+    return Workdir.at(workdir).root / "runs" / _folder_name(dataset_name, "dataset") / BEST_FILE
+
+
+def _folder_name(name: str, what: str) -> str:
+    """A name used as one folder under runs/: no separators and no '..', so paths stay in that tree."""
+    if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+        raise ConfigError(f"{what} name '{name}' is not a plain folder name (no '/', '\\' or '..'); pass the name "
+                          "as it appears under <workdir>/runs")
+    return name
 
 
 def find_best(dataset_name: str, workdir: str | Path | None = None, dataset_dir: str | Path | None = None,
@@ -106,7 +116,7 @@ def find_best(dataset_name: str, workdir: str | Path | None = None, dataset_dir:
     crossval.json). configs: only these configurations; each must be complete (default: every
     configuration with crossval.json; incomplete ones are skipped with a warning).
     """
-    runs_dir = Workdir.at(workdir).root / "runs" / dataset_name
+    runs_dir = best_bundle_path(workdir, dataset_name).parent
     docs = _crossval_documents(runs_dir, configs)
     dataset = load_dataset(_resolve_dataset_dir(dataset_dir, docs))
     if dataset.name != dataset_name:
@@ -132,7 +142,7 @@ def _crossval_documents(runs_dir: Path, configs: Sequence[str] | None) -> dict[P
         raise ConfigError(f"{runs_dir}: no training runs for this dataset; train every fold of a configuration "
                           "first (`autoseg train DATASET_DIR CONFIG all`) or check --workdir and the dataset name")
     if configs is not None:
-        folders = [runs_dir / c for c in configs]
+        folders = [runs_dir / _folder_name(c, "configuration") for c in configs]
         for folder in folders:
             if not (folder / CROSSVAL_JSON).is_file():
                 raise ConfigError(f"configuration '{folder.name}': {folder / CROSSVAL_JSON} not found, so its "

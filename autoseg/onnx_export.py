@@ -6,7 +6,8 @@ patch size (the traced input-size checks of the network become constants), so ca
 images into patches, exactly as autoseg's sliding window does. Preprocessing is not part of the
 graph: the configuration plan, labels and channel names ride along as JSON in the model's
 metadata (keys `autoseg.config_plan`, `autoseg.labels`, `autoseg.channel_names`,
-`autoseg.dataset_name`), so a consumer can normalize and resample as in training.
+`autoseg.dataset_name`, `autoseg.image_ndim`), so a consumer can normalize and resample as in
+training. The checkpoint is read as data only and checked (checksums, finite weights) first.
 
 Uses the TorchScript exporter (`dynamo=False`): it needs only the `onnx` package, while the
 torch.export-based exporter would also need `onnxscript`. Requires the `onnx` extra
@@ -107,7 +108,7 @@ def _add_metadata(path: Path, payload: dict[str, Any]) -> None:
     model = onnx.load(str(path))
     entries = {"autoseg.config_plan": payload["config_plan"], "autoseg.labels": payload["labels"],
                "autoseg.channel_names": list(payload.get("channel_names", ())),
-               "autoseg.dataset_name": payload.get("dataset_name", "")}
+               "autoseg.dataset_name": payload.get("dataset_name", ""), "autoseg.image_ndim": payload["image_ndim"]}
     for key, value in entries.items():
         prop = model.metadata_props.add()
         prop.key, prop.value = key, json.dumps(value)

@@ -8,8 +8,9 @@ A model zip holds exactly what prediction needs and nothing else:
                       (no optimizer, scaler, RNG or progress state)
 
 `import_model` checks a zip completely (safe member names, a strict model.json, every checkpoint
-present and loadable as one ensemble per member) in a hidden staging folder before the result
-appears under `<workdir>/models/<name>/`, so a bad zip never leaves a half-imported model.
+present, data only, intact by its checksums, and loadable as one ensemble per member) in a hidden
+staging folder before the result appears under `<workdir>/models/<name>/`, so a bad zip never
+leaves a half-imported model and never runs code.
 """
 from __future__ import annotations
 
@@ -24,22 +25,19 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import torch
-
 from autoseg import schema
 from autoseg.atomic import atomic_write
-from autoseg.checkpoint import FORMAT_VERSION, config_plan_of, load_checkpoint
+from autoseg.checkpoint import CHECKPOINT_PREFERENCE, PREDICTION_KEYS, config_plan_of, load_checkpoint, write_checkpoint
 from autoseg.errors import CheckpointError, ConfigError
-from autoseg.inference.bundle import BUNDLE_FILE, BundleMember, ModelBundle, load_bundle, member_checkpoints
-from autoseg.checkpoint import CHECKPOINT_PREFERENCE
+from autoseg.inference.bundle import (BUNDLE_FILE, BundleMember, ModelBundle, is_safe_member, load_bundle,
+                                      member_checkpoints)
 from autoseg.inference.ensemble import load_models, resolve_checkpoint
 from autoseg.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
-# The checkpoint keys prediction reads (autoseg.checkpoint.model_payload); everything else stays home.
-PREDICTION_KEYS = ("model_state", "config_plan", "labels", "channel_names", "dataset_name")
-_REQUIRED_KEYS = ("model_state", "config_plan", "labels")
+# The checkpoint keys prediction needs (autoseg.checkpoint.PREDICTION_KEYS are packed); everything else stays home.
+_REQUIRED_KEYS = ("model_state", "config_plan", "labels", "image_ndim")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -59,14 +57,6 @@ def check_model_name(name: str) -> str:
         raise ConfigError(f"model name '{name}' is not usable as a folder name; expected letters, digits, "
                           "'_', '-', '.' or '+' (starting with a letter or digit, no '..'); pass another name")
     return name
-
-
-def is_safe_member(name: str) -> bool:
-    """A zip member name that stays inside the folder it is extracted to (no absolute path, no '..')."""
-    posix = name.replace("\\", "/")
-    if not posix or posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
-        return False
-    return ".." not in posix.split("/")
 
 
 # ---------------------------------------------------------------------- export
@@ -89,7 +79,7 @@ def export_model(source: str | Path, out_zip: str | Path, name: str | None = Non
             payload = preloaded.get(path) or _prediction_payload(path)
             _check_bundle_labels(bundle, payload, path)
             with archive.open(arcname, "w", force_zip64=True) as stream:
-                torch.save(payload, stream)
+                write_checkpoint(stream, payload)  # fresh checksums: the training section is gone
         archive.writestr(BUNDLE_FILE, schema.dumps(packed))
     log.info("exported %d checkpoint(s) of %s to %s", len(arcnames), bundle.dataset_name or "the model", target)
     return target
@@ -111,13 +101,13 @@ def _export_source(source: Path) -> tuple[ModelBundle, list[list[Path]], dict[Pa
 
 
 def _prediction_payload(path: Path) -> dict[str, Any]:
-    """A checkpoint's payload without its training state; refuses files that are not model checkpoints."""
+    """A checked checkpoint's payload without its training state; refuses files that are not model checkpoints."""
     payload = load_checkpoint(path, map_location="cpu")
     missing = [key for key in _REQUIRED_KEYS if key not in payload]
     if missing:
         raise CheckpointError(f"{path}: not a model checkpoint (missing {', '.join(missing)}); "
                               "export a checkpoint written by `autoseg train`")
-    return {"format_version": FORMAT_VERSION, **{k: payload[k] for k in PREDICTION_KEYS if k in payload}}
+    return {k: payload[k] for k in PREDICTION_KEYS if k in payload}
 
 
 def _labels_of(payload: dict[str, Any]) -> dict[str, int]:

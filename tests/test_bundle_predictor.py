@@ -58,14 +58,14 @@ def config_plan(ndim: int, num_classes: int, spacing: tuple[float, ...], patch: 
 
 
 def save_checkpoint_file(path: Path, config: ConfigPlan, labels: dict[str, int], seed: int = 0,
-                         weights: torch.Tensor | None = None) -> Path:
+                         weights: torch.Tensor | None = None, image_ndim: int | None = None) -> Path:
     torch.manual_seed(seed)
     model = build_network(config.network)
     if weights is not None:  # fixed logits = weights * intensity
         with torch.no_grad():
             model.conv.weight.copy_(weights.reshape(model.conv.weight.shape))
             model.conv.bias.zero_()
-    return save_checkpoint(path, model_payload(model, config, labels, ["chan0"], "Dataset001_Test"))
+    return save_checkpoint(path, model_payload(model, config, labels, ["chan0"], "Dataset001_Test", image_ndim=image_ndim))
 
 
 def write_bundle(folder: Path, members: dict[str, list[Path]], labels: dict[str, int],
@@ -83,7 +83,8 @@ def two_member_bundle(tmp_path: Path) -> tuple[Path, list[Path], list[Path]]:
     config2d = config_plan(2, 3, (1.0, 1.0), (8, 8))
     folds3d = [save_checkpoint_file(tmp_path / "runs" / "3d" / f"fold_{k}" / "checkpoint_final.pt", config3d, LABELS3, seed=k)
                for k in range(2)]
-    folds2d = [save_checkpoint_file(tmp_path / "runs" / "2d" / "fold_0" / "checkpoint_final.pt", config2d, LABELS3, seed=7)]
+    folds2d = [save_checkpoint_file(tmp_path / "runs" / "2d" / "fold_0" / "checkpoint_final.pt", config2d, LABELS3, seed=7,
+                                    image_ndim=3)]  # a 2d configuration of 3D data
     bundle = write_bundle(tmp_path / "runs", {"3d": folds3d, "2d": folds2d}, LABELS3)
     return bundle, folds3d, folds2d
 

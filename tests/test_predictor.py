@@ -65,8 +65,9 @@ def config_plan(network: NetworkPlan, spacing: tuple[float, ...], patch: tuple[i
 
 
 def save_run(folder: Path, config: ConfigPlan, labels: dict[str, int], seed: int = 0,
-             weights: torch.Tensor | None = None) -> Path:
-    """A run folder with checkpoint_final.pt, as the trainer leaves it (no training needed)."""
+             weights: torch.Tensor | None = None, image_ndim: int | None = None) -> Path:
+    """A run folder with checkpoint_final.pt, as the trainer leaves it (no training needed).
+    image_ndim: the training images' (3 for a 2d configuration of 3D data; default the network's)."""
     torch.manual_seed(seed)
     model = build_network(config.network)
     if weights is not None:  # PointwiseNet only: fixed logits = weights * intensity
@@ -74,7 +75,8 @@ def save_run(folder: Path, config: ConfigPlan, labels: dict[str, int], seed: int
             model.conv.weight.copy_(weights.reshape(model.conv.weight.shape))
             model.conv.bias.zero_()
     channels = [f"chan{c}" for c in range(config.network.in_channels)]
-    save_checkpoint(folder / "checkpoint_final.pt", model_payload(model, config, labels, channels, "Dataset001_Test"))
+    save_checkpoint(folder / "checkpoint_final.pt", model_payload(model, config, labels, channels, "Dataset001_Test",
+                                                                  image_ndim=image_ndim))
     return folder
 
 
@@ -154,7 +156,7 @@ def test_image_smaller_than_the_patch(tmp_path: Path) -> None:
 
 
 def test_2d_model_predicts_a_volume_slice_by_slice(tmp_path: Path) -> None:
-    run = save_run(tmp_path / "run", config_plan(network_plan(ndim=2), (1.0, 1.0), (8, 8)), LABELS3)
+    run = save_run(tmp_path / "run", config_plan(network_plan(ndim=2), (1.0, 1.0), (8, 8)), LABELS3, image_ndim=3)
     image = np.random.default_rng(3).normal(size=(1, 3, 10, 9)).astype(np.float32)
     label, probabilities = cpu_predictor(run).predict_array(image, io.Geometry.default(3, (3.0, 1.0, 1.0)))
     assert label.shape == (3, 10, 9) and probabilities.shape == (3, 3, 10, 9)
@@ -291,9 +293,9 @@ def test_loaded_model_keeps_its_weights_when_the_checkpoint_is_rewritten_in_plac
 
 def test_checkpoint_missing_weights_is_a_clear_error(unet3d_run: Path) -> None:
     path = unet3d_run / "checkpoint_final.pt"
-    payload = torch.load(path, weights_only=False)
+    payload = torch.load(path, weights_only=True)
     payload["model_state"].pop(next(iter(payload["model_state"])))
-    torch.save(payload, path)
+    save_checkpoint(path, payload)  # a consistent file (fresh checksums) that lacks a weight
     with pytest.raises(CheckpointError, match=r"(?s)checkpoint_final.pt: cannot rebuild its network 'unet'.*Missing key"):
         load_models([unet3d_run])
 

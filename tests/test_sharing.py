@@ -83,7 +83,7 @@ def test_zip_holds_prediction_state_only_and_is_smaller(exported_once: tuple[Pat
         assert sorted(archive.namelist()) == ["3d_fullres/fold_0.pt", "model.json"]
         document = json.loads(archive.read("model.json"))
     payload = zip_payload(exported, "3d_fullres/fold_0.pt")
-    assert "training" not in payload and set(payload) == {"format_version", *PREDICTION_KEYS}
+    assert "training" not in payload and set(payload) == {"format_version", "checksums", *PREDICTION_KEYS}
     assert document["members"] == [{"config": "3d_fullres", "checkpoints": ["3d_fullres/fold_0.pt"]}]
     assert document["dataset_name"] == "Dataset001_Tiny" and document["predict_command"] == ""
     original = run / "checkpoint_final.pt"

@@ -20,7 +20,7 @@ from autoseg import schema
 from autoseg.checkpoint import capture_rng, load_checkpoint, model_payload, restore_rng, save_checkpoint
 from autoseg.config import ConfigPlan, Plan, TrainConfig
 from autoseg.data import BatchLoader
-from autoseg.errors import ConfigError, PreprocessingError
+from autoseg.errors import CheckpointError, ConfigError, PreprocessingError
 from autoseg.malloc import reuse_freed_memory
 from autoseg.networks import build_network
 from autoseg.registry import TRAINERS
@@ -257,8 +257,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, kind: str) -> None:
-        payload = model_payload(self.model, self.config, self.plan.labels, self.plan.channel_names, self.plan.dataset_name)
-        payload["training"] = {
+        payload = model_payload(self.model, self.config, self.plan.labels, self.plan.channel_names, self.plan.dataset_name,
+                                image_ndim=self.plan.image_ndim)
+        payload["training"] = {  # tensors and plain values only: the checkpoint loads with weights_only
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "state": asdict(self.state),
@@ -272,8 +273,7 @@ class Trainer:
         if checkpoint_path(self.run_dir, "final").is_file():  # a "latest" may remain beside it; it is older
             raise ConfigError(f"{self.run_dir}: this run already finished ({CHECKPOINTS['final']} exists); nothing to resume. "
                               "Train without --resume to start over, or pass another --run-dir")
-        path = self._newest_resumable_checkpoint()
-        payload = load_checkpoint(path, map_location=self.precision.device)
+        path, payload = self._newest_resumable_checkpoint()
         training = payload["training"]
         check_resumable(training["train_config"], self.options, training["plan_hash"], self.plan_hash, path)
         self.model.load_state_dict(payload["model_state"])
@@ -283,14 +283,29 @@ class Trainer:
         restore_rng(training["rng"])
         log.info("resumed from %s at epoch %d, iteration %d", path, self.state.epoch, self.state.iteration)
 
-    def _newest_resumable_checkpoint(self) -> Path:
+    def _newest_resumable_checkpoint(self) -> tuple[Path, dict]:
         """latest, or best when written after it: both carry the full training state of an epoch's end
-        (a run killed before its first periodic checkpoint still resumes from its first best)."""
+        (a run killed before its first periodic checkpoint still resumes from its first best). A
+        damaged newer one falls back to the other, with a warning; returns the path and its payload."""
         candidates = [p for p in (checkpoint_path(self.run_dir, "latest"), checkpoint_path(self.run_dir, "best")) if p.is_file()]
         if not candidates:
             raise ConfigError(f"{checkpoint_path(self.run_dir, 'latest')}: no checkpoint to resume from (runs save one "
                               "every checkpoint_every epochs, at each new best and when interrupted); start without --resume")
-        return max(candidates, key=lambda p: p.stat().st_mtime_ns)  # ties keep latest
+        problems = []
+        for path in sorted(candidates, key=lambda p: p.stat().st_mtime_ns, reverse=True):  # ties keep latest
+            try:
+                payload = load_checkpoint(path, map_location=self.precision.device, with_training=True)
+            except CheckpointError as exc:
+                problems.append(str(exc))
+                continue
+            if "training" not in payload:
+                problems.append(f"{path}: holds no training state (a prediction-only checkpoint)")
+                continue
+            for problem in problems:
+                log.warning("%s; resuming from %s instead", problem, path.name)
+            return path, payload
+        raise CheckpointError(f"{self.run_dir}: no intact checkpoint to resume from:\n  - " + "\n  - ".join(problems)
+                              + "\nstart the run again without --resume")
 
     def _write_run_json(self, status: str, **extra) -> None:
         write_run_json(self.run_dir, self.options, self.plan_hash, self.train_ids, self.val_ids, status,

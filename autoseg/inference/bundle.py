@@ -1,17 +1,19 @@
 """A model bundle: what `predict` needs to reproduce a chosen setup, as one small JSON document.
 
     {"dataset_name": ..., "labels": {...},
-     "members": [{"config": "2d", "checkpoints": ["../2d/fold_0/checkpoint_final.pt", ...]}, ...],
+     "members": [{"config": "2d", "checkpoints": ["2d/fold_0/checkpoint_final.pt", ...]}, ...],
      "postprocessing": {"keep_largest_foreground": false, "keep_largest_classes": [1, 3]},
      "cv_mean_foreground_dice": 0.91}
 
 Each member is one configuration's fold ensemble; members' probabilities are averaged on the
 original image grid, then postprocessing runs on the label map. Checkpoint paths are relative to
-the bundle file's folder, so a bundle folder can be moved, zipped and imported elsewhere.
+the bundle file's folder and must stay inside it (no absolute path, no '..'), so a bundle folder
+can be moved, zipped and imported elsewhere, and a bundle cannot point at files elsewhere.
 `best.json` (written by `autoseg find-best`) and an imported model's `model.json` share this format.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,20 @@ def load_bundle(path: str | Path) -> tuple[ModelBundle, Path]:
     bundle = schema.load_document(ModelBundle, file, CheckpointError)
     if not bundle.members or any(not m.checkpoints for m in bundle.members):
         raise CheckpointError(f"{file}: a model bundle needs at least one member with at least one checkpoint")
+    outside = [c for m in bundle.members for c in m.checkpoints if not is_safe_member(c)]
+    if outside:
+        raise CheckpointError(f"{file}: checkpoint path(s) {', '.join(outside)} lead outside the bundle's folder "
+                              f"{file.parent}; expected paths relative to it without '..'. Re-create the bundle "
+                              "(`autoseg find-best`, `autoseg import-model`); do not use this file")
     return bundle, file.parent
+
+
+def is_safe_member(name: str) -> bool:
+    """A relative path that stays inside the folder it is relative to (no absolute path, no '..')."""
+    posix = name.replace("\\", "/")
+    if not posix or posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
+        return False
+    return ".." not in posix.split("/")
 
 
 def member_checkpoints(bundle: ModelBundle, base: Path) -> list[list[Path]]:

@@ -43,16 +43,19 @@ class BundlePredictor(Predictor):
     """Averages a bundle's members on the original image grid, then applies the bundle's post-processing."""
 
     def __init__(self, bundle_path: str | Path, device: str | torch.device = "auto", precision: str = "auto",
-                 tta: bool = True, step_fraction: float = 0.5, tile_batch_size: int | None = None):
+                 tta: bool = True, step_fraction: float = 0.5, tile_batch_size: int | None = None,
+                 slicewise: bool = False):
         self.bundle, base = load_bundle(bundle_path)
         target = resolve_device(device)
         self.member_predictors = [
-            Predictor(load_models(paths, target), target, precision, tta, step_fraction, tile_batch_size)
+            Predictor(load_models(paths, target), target, precision, tta, step_fraction, tile_batch_size,
+                      slicewise=slicewise)
             for paths in member_checkpoints(self.bundle, base)
         ]
         _check_members(self.bundle, self.member_predictors, base)
-        # the first member answers Predictor's questions about channels and labels; all members agree on them
-        super().__init__(self.member_predictors[0].ensemble, target, precision, tta, step_fraction, tile_batch_size)
+        # the first member answers Predictor's questions about channels, labels and dimensionality; all members agree
+        super().__init__(self.member_predictors[0].ensemble, target, precision, tta, step_fraction, tile_batch_size,
+                         slicewise=slicewise)
         log.info("bundle of %s: %d member(s), post-processing %s", self.bundle.dataset_name,
                  len(self.member_predictors), self.bundle.postprocessing)
 
@@ -73,15 +76,17 @@ class BundlePredictor(Predictor):
 
 
 def _check_members(bundle: ModelBundle, predictors: list[Predictor], base: Path) -> None:
-    """Members must share labels and input channels, and match the labels the bundle declares."""
+    """Members must share labels, input channels and training image dimensionality, and match the
+    labels the bundle declares."""
     first = predictors[0].ensemble
     if first.labels != bundle.labels:
         raise CheckpointError(f"model bundle in {base}: member '{bundle.members[0].config}' predicts labels "
                               f"{first.labels} but the bundle declares {bundle.labels}; re-run find-best or fix the bundle")
     for member, predictor in zip(bundle.members[1:], predictors[1:]):
         other = predictor.ensemble
-        if other.labels != first.labels or other.in_channels != first.in_channels:
+        if (other.labels, other.in_channels, other.image_ndim) != (first.labels, first.in_channels, first.image_ndim):
             raise CheckpointError(
                 f"model bundle in {base}: member '{member.config}' ({other.members[0].source}) has labels "
-                f"{other.labels} and {other.in_channels} input channel(s), but member '{bundle.members[0].config}' has "
-                f"{first.labels} and {first.in_channels}; bundle members must be trained on the same dataset")
+                f"{other.labels}, {other.in_channels} input channel(s) and {other.image_ndim}D training images, but member "
+                f"'{bundle.members[0].config}' has {first.labels}, {first.in_channels} and {first.image_ndim}D; bundle "
+                "members must be trained on the same dataset")

@@ -31,6 +31,7 @@ class Member:
     source: Path  # the checkpoint file it came from
     model: torch.nn.Module
     config: ConfigPlan
+    image_ndim: int  # of the training images: 3 for a 2d configuration of 3D data
 
 
 @dataclass
@@ -46,6 +47,11 @@ class Ensemble:
     def config(self) -> ConfigPlan:
         """The shared configuration plan (preprocessing and restoring use the first member's)."""
         return self.members[0].config
+
+    @property
+    def image_ndim(self) -> int:
+        """Dimensionality of the images the members were trained on (all members agree)."""
+        return self.members[0].image_ndim
 
     @property
     def num_classes(self) -> int:
@@ -94,7 +100,7 @@ def load_member(path: str | Path, device: torch.device) -> tuple[Member, dict[st
 
     checkpoint = resolve_checkpoint(path)
     payload = load_checkpoint(checkpoint, map_location="cpu", mmap=True)
-    missing = [k for k in ("model_state", "config_plan", "labels") if k not in payload]
+    missing = [k for k in ("model_state", "config_plan", "labels", "image_ndim") if k not in payload]
     if missing:
         raise CheckpointError(f"{checkpoint}: not a model checkpoint (missing {', '.join(missing)}); "
                               "use a checkpoint written by `autoseg train`")
@@ -110,7 +116,7 @@ def load_member(path: str | Path, device: torch.device) -> tuple[Member, dict[st
     model.eval().to(device)
     if runs_channels_last(device):  # the sliding window feeds such models channels-last tiles
         model_to_channels_last(model, config.network.ndim)
-    return Member(checkpoint, model, config), payload
+    return Member(checkpoint, model, config, int(payload["image_ndim"])), payload
 
 
 def _rebuild(network: NetworkPlan, state: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -155,6 +161,7 @@ def _signature(member: Member, payload: dict[str, Any]) -> dict[str, Any]:
         "resampling": schema.to_dict(c.resampling),
         "patch_size": tuple(c.patch_size),
         "network ndim": c.network.ndim,
+        "training image ndim": member.image_ndim,
         "input channels": c.network.in_channels,
         "classes": c.network.num_classes,
         "labels": dict(payload["labels"]),

@@ -84,7 +84,8 @@ class Predictor:
 
     def __init__(self, ensemble: Ensemble, device: str | torch.device = "auto", precision: str = "auto",
                  tta: bool = True, step_fraction: float = 0.5, tile_batch_size: int | None = None,
-                 keep_largest: bool | Sequence[int] = False, max_tile_growth: float = DEFAULT_MAX_GROWTH):
+                 keep_largest: bool | Sequence[int] = False, max_tile_growth: float = DEFAULT_MAX_GROWTH,
+                 slicewise: bool = False):
         check_options(step_fraction, max_tile_growth, precision, tile_batch_size)
         reuse_freed_memory()  # tiles' activations are reused instead of re-faulted for every forward
         self.device = resolve_device(device)
@@ -93,6 +94,10 @@ class Predictor:
         self.tta, self.step_fraction, self.tile_batch_size = tta, step_fraction, tile_batch_size
         self.keep_largest = keep_largest
         self.max_tile_growth = max_tile_growth  # 1.0: always the training patch (nnU-Net's tiling)
+        self.slicewise = slicewise  # a model trained on 2D images may predict 3D volumes slice by slice
+        if slicewise and ensemble.image_ndim != 2:
+            raise ConfigError(f"slicewise (--slicewise) applies to models trained on 2D images, but {self._model_name()} "
+                              f"was trained on {ensemble.image_ndim}D images; leave it out")
 
     # ------------------------------------------------------------------ arrays
     def predict_array(self, image: np.ndarray, geometry: io.Geometry, case_id: str = "case") -> tuple[np.ndarray, np.ndarray]:
@@ -147,10 +152,22 @@ class Predictor:
         if image.shape[0] != expected:
             raise ConfigError(f"case '{case_id}': the model expects {expected} input channel(s), found "
                               f"{image.shape[0]} (image shape {image.shape}, channels first)")
-        network_ndim = self.ensemble.config.network.ndim
-        if network_ndim > geometry.ndim:
-            raise ConfigError(f"case '{case_id}': a {network_ndim}D model cannot predict a {geometry.ndim}D image; "
-                              f"use a model trained on {geometry.ndim}D images")
+        self._check_dimensions(geometry.ndim, f"case '{case_id}'")
+
+    def _check_dimensions(self, ndim: int, what: str) -> None:
+        """Images of the dimensionality the model was trained on (a 2d configuration of 3D data was
+        trained on 3D images); with slicewise, a model trained on 2D images also takes 3D volumes."""
+        trained = self.ensemble.image_ndim
+        if ndim == trained or (self.slicewise and (trained, ndim) == (2, 3)):
+            return
+        hint = ", or pass slicewise=True (--slicewise) to predict it slice by slice" if (trained, ndim) == (2, 3) else ""
+        channels = ", ".join(self.ensemble.channel_names) or f"{self.ensemble.in_channels} channel(s)"
+        raise ConfigError(f"{what}: is a {ndim}D image, but {self._model_name()} was trained on {trained}D images "
+                          f"({channels}); use a model trained on {ndim}D images{hint}")
+
+    def _model_name(self) -> str:
+        first = self.ensemble.members[0]
+        return f"the model '{first.config.name}' of {self.ensemble.dataset_name or 'its dataset'} ({first.source})"
 
     # ------------------------------------------------------------------ files
     def predict_file(self, inputs: Sequence[str | Path] | str | Path, output_path: str | Path,
@@ -168,6 +185,8 @@ class Predictor:
     def _check_case(self, case: CaseInput, output_path: Path) -> None:
         """Everything checkable from headers: readable, channel count, an ending that can hold the result."""
         shape = check_case_headers(case, self.ensemble.in_channels)
+        if shape is not None:  # a DICOM series is checked once read (_check_image)
+            self._check_dimensions(len(shape), f"case '{case.case_id}' ({', '.join(str(f) for f in case.files)})")
         ending = io.file_ending(output_path)
         if ending not in io.IMAGE_ENDINGS:
             raise ConfigError(f"{output_path}: unsupported output ending '{ending}'; use one of {', '.join(io.IMAGE_ENDINGS)}")
