@@ -41,9 +41,13 @@ def plan(
     network: str = "unet",
     workers: int = 2,
     progress: ProgressFactory | None = None,
+    time_budget_s: float | None = None,
+    device: str = "auto",
 ) -> tuple[Plan, Path]:
     """Validate, fingerprint and plan a dataset; writes fingerprint.json and plan.json.
 
+    With `time_budget_s` every configuration is sized to learn the most within that training time on
+    `device` (step times measured here, cached in the workdir; see planners/time_budget.py).
     Nothing is written unless validation passes. Returns the plan and the plan.json path.
     """
     from autoseg.planners import plan_dataset
@@ -54,6 +58,10 @@ def plan(
     dataset = validate(dataset_dir, workers=workers, progress=progress)
     facts = fingerprint(dataset, workers=workers, progress=progress)
     decided = plan_dataset(facts, gpu_memory_gb=gpu_memory_gb, configs=configs, network=network)
+    if time_budget_s is not None:
+        from autoseg.planners.budget_setup import plan_for_budget
+
+        decided = plan_for_budget(decided, facts, time_budget_s, device, gpu_memory_gb, wd.step_time_cache, network)
     schema.write_json_atomic(wd.fingerprint_path(dataset.name), facts)
     path = schema.write_json_atomic(wd.plan_path(dataset.name), decided)
     log.info("plan written to %s", path)
@@ -68,15 +76,21 @@ def example(name: str, out_dir: str | Path, cases: int | None = None, seed: int 
     return write_example(name, out_dir, cases=cases, seed=seed, overwrite=overwrite, **size_options)
 
 
-def load_or_make_plan(dataset: Dataset, workdir: Workdir, workers: int, progress: ProgressFactory | None) -> Plan:
-    """The dataset's plan.json, planning with defaults first when there is none yet."""
+def load_or_make_plan(dataset: Dataset, workdir: Workdir, workers: int, progress: ProgressFactory | None,
+                      time_budget_s: float | None = None, device: str = "auto") -> Plan:
+    """The dataset's plan.json, planning first when there is none yet (for `time_budget_s` on
+    `device` when given, else with defaults). An existing plan is kept as it is."""
     from autoseg.config import load_plan
 
     path = workdir.plan_path(dataset.name)
     if not path.is_file():
-        log.info("no plan for %s yet: planning with defaults (run `autoseg plan` to choose options)", dataset.name)
-        plan(dataset.root, workdir.root, workers=workers, progress=progress)
-    return load_plan(path)
+        made_for = f"a {time_budget_s / 60:g}-minute budget on {device}" if time_budget_s else "defaults"
+        log.info("no plan for %s yet: planning for %s (run `autoseg plan` to choose options)", dataset.name, made_for)
+        plan(dataset.root, workdir.root, workers=workers, progress=progress, time_budget_s=time_budget_s, device=device)
+    decided = load_plan(path)
+    if time_budget_s and not any(c.budget for c in decided.configurations.values()):
+        log.info("%s was planned without a time budget; `autoseg plan --time-budget` sizes it for one", path)
+    return decided
 
 
 def preprocess(
@@ -91,13 +105,14 @@ def preprocess(
     return _prepare(dataset_dir, config, Workdir.at(workdir), workers, progress, force)[2]
 
 
-def _prepare(dataset_dir, config: str, wd: Workdir, workers: int, progress, force: bool = False) -> tuple[Dataset, Plan, Path]:
+def _prepare(dataset_dir, config: str, wd: Workdir, workers: int, progress, force: bool = False,
+             time_budget_s: float | None = None, device: str = "auto") -> tuple[Dataset, Plan, Path]:
     """The dataset, its plan (made first if missing) and the configuration's preprocessed folder."""
     from autoseg.dataset import load_dataset
     from autoseg.preprocessing import preprocess_dataset
 
     dataset = load_dataset(dataset_dir)
-    decided = load_or_make_plan(dataset, wd, workers, progress)
+    decided = load_or_make_plan(dataset, wd, workers, progress, time_budget_s, device)
     decided.config(config)  # unknown configuration: a PlanError naming the planned ones
     folder = preprocess_dataset(
         dataset, decided, config, wd.preprocessed_dir(dataset.name, config), workers=workers,
@@ -146,12 +161,25 @@ def train(
     if resume:
         check_run_cases(run, train_ids, val_ids)
     workers = max(1, train_config.workers)  # process pools; the loader itself may run in-process (0)
-    dataset, decided, folder = _prepare(dataset_dir, config, wd, workers, progress)
+    dataset, decided, folder = _prepare(dataset_dir, config, wd, workers, progress,
+                                        time_budget_s=train_config.time_budget_s, device=train_config.device)
+    train_config = _with_planned_budget(train_config, decided.config(config))
     with run_lock(run), run_log(run):
         sweep_stale_temporaries(run)
         trainer = trainer_cls(decided, decided.config(config), train_config, folder, run, train_ids, val_ids, on_event)
         trainer.fit(resume=resume)
     return run
+
+
+def _with_planned_budget(options, config_plan):
+    """A run of a budget-aware plan without --time-budget trains for the plan's budget: its patch,
+    batch and network were sized for that time, not for 1000 epochs."""
+    from dataclasses import replace
+
+    if options.time_budget_s is None and config_plan.budget is not None:
+        log.info("training for the plan's time budget of %g min (--time-budget sets another)", config_plan.budget.time_budget_s / 60)
+        return replace(options, time_budget_s=config_plan.budget.time_budget_s)
+    return options
 
 
 def cross_validate(dataset_dir: str | Path, config: str, folds: Sequence[str] | None = None,

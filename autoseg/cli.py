@@ -94,14 +94,22 @@ def plan(
     configs: Optional[List[str]] = typer.Option(None, "--configs", "-c", help="Only these configurations (2d, 3d_fullres, 3d_lowres)"),
     network: str = typer.Option("unet", "--network", help="Registered network name (unet, resenc_unet)"),
     workers: int = WorkersOption,
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Size the plan to learn the most in this much training time on --device, e.g. 30m (step times are measured here)"),
+    device: str = typer.Option("auto", "--device", help="With --time-budget: the device that will train (auto, cpu, cuda, cuda:N)"),
 ) -> None:
     """Validate, fingerprint and plan a dataset; print the plan of every configuration."""
     from autoseg import api
-    from autoseg.render import plan_table
+    from autoseg.render import budget_reasons, plan_table
+    from autoseg.trainers.schedule import parse_duration
 
-    with _user_errors(), _progress() as progress:
-        decided, path = api.plan(dataset, workdir, gpu_memory_gb, configs, network, workers, progress)
+    with _user_errors():
+        budget_s = parse_duration(time_budget) if time_budget else None
+        with _progress() as progress:
+            decided, path = api.plan(dataset, workdir, gpu_memory_gb, configs, network, workers, progress,
+                                     time_budget_s=budget_s, device=device)
     out.print(plan_table(decided))
+    for line in budget_reasons(decided):
+        out.print(line, highlight=False)
     out.print(f"plan written to [bold]{path}[/]")
 
 

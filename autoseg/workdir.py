@@ -77,3 +77,8 @@ class Workdir:
 
     def model_dir(self, name: str) -> Path:
         return self.root / "models" / name
+
+    @property
+    def step_time_cache(self) -> Path:
+        """Measured training step times, per machine (the budget-aware planner's cache)."""
+        return self.root / "cache" / "step_times.json"

@@ -127,7 +127,6 @@ def test_a_real_measurement_is_a_positive_duration():
 
 
 def test_time_to_dice_pairs_minutes_with_pseudo_dice():
-    history = {"elapsed_s": [60.0, 150.0], "pseudo_dice": [0.1, np.float64(0.5)], "ema_dice": [0.1, 0.14]}
-    assert time_to_dice(history) == [{"minutes": 1.0, "pseudo_dice": 0.1, "ema_dice": 0.1},
-                                     {"minutes": 2.5, "pseudo_dice": 0.5, "ema_dice": 0.14}]
-    assert time_to_dice({"pseudo_dice": [0.3]}) == []  # a run from before the curve was recorded
+    history = {"pseudo_dice": [0.1, np.float64(0.5)], "ema_dice": [0.1, 0.14]}
+    assert time_to_dice([60.0, 150.0], history) == [{"minutes": 1.0, "pseudo_dice": 0.1, "ema_dice": 0.1},
+                                                    {"minutes": 2.5, "pseudo_dice": 0.5, "ema_dice": 0.14}]

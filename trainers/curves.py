@@ -39,13 +39,13 @@ def _panel(draw, history, keys, box, title, fixed_range=None, xs: list[float] | 
         draw.text((box[0] + 5 + 110 * i, box[3] + 5), key, fill=COLORS[key])
 
 
-def write_progress_png(path: Path, history: dict[str, list[float]]) -> None:
-    """Two panels: train/val loss over epochs, and pseudo-Dice with its EMA (0..1) over training
-    time, so the curve shows when the model becomes useful."""
+def write_progress_png(path: Path, history: dict[str, list[float]], minutes: list[float] | None = None) -> None:
+    """Two panels: train/val loss over epochs, and pseudo-Dice with its EMA (0..1) over `minutes`
+    of training at each epoch's end (else over epochs), so the curve shows when the model becomes useful."""
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
     half = WIDTH // 2
-    minutes = [t / 60 for t in history.get("elapsed_s", [])]
+    minutes = minutes or []
     _panel(draw, history, ("train_loss", "val_loss"), (MARGIN, MARGIN, half - 20, HEIGHT - MARGIN), "loss")
     _panel(draw, history, ("pseudo_dice", "ema_dice"), (half + 20, MARGIN, WIDTH - MARGIN, HEIGHT - MARGIN), "pseudo-Dice",
            (0.0, 1.0), minutes)

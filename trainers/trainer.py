@@ -50,6 +50,9 @@ class TrainState:
     epochs_since_best: int = 0
     epoch_losses: list[float] = field(default_factory=list)  # this epoch's so far: a resumed epoch reports the same mean
     history: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ("train_loss", "val_loss", "pseudo_dice", "ema_dice", "lr")})
+    # training time at each epoch's end, for pseudo-Dice against wall time (kept apart from the
+    # history: a resumed run learns exactly what an uninterrupted one does, but not in the same time)
+    epoch_end_s: list[float] = field(default_factory=list)
 
 
 @TRAINERS.register("default")
@@ -62,7 +65,7 @@ class Trainer:
         self.on_event = on_event or (lambda kind, info: None)
         self.plan_hash = schema.content_hash(config)
         reuse_freed_memory()  # a third faster steps on CPU: no page faults for every activation
-        self.precision = resolve_precision(options.precision, options.device)
+        self.precision = resolve_precision(_planned_precision(options, config), options.device)
         self.batch_size = options.batch_size or config.batch_size
         if options.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -157,9 +160,11 @@ class Trainer:
         mean_dice = float(np.nanmean(dice)) if np.isfinite(dice).any() else 0.0
         s.ema_dice = mean_dice if s.ema_dice is None else EMA_MOMENTUM * s.ema_dice + (1 - EMA_MOMENTUM) * mean_dice
         train_loss = float(np.mean(s.epoch_losses)) if s.epoch_losses else float("nan")
+        self._update_elapsed()
         for key, value in (("train_loss", train_loss), ("val_loss", val_loss), ("pseudo_dice", mean_dice),
                            ("ema_dice", s.ema_dice), ("lr", self.optimizer.param_groups[0]["lr"])):
             s.history[key].append(float(value))
+        s.epoch_end_s.append(round(s.elapsed_s, 2))
         s.epoch, s.iteration, s.epoch_losses = s.epoch + 1, 0, []
         if s.ema_dice > s.best_ema:
             s.best_ema, s.epochs_since_best = s.ema_dice, 0
@@ -168,7 +173,7 @@ class Trainer:
             s.epochs_since_best += 1
         if s.epoch % self.options.checkpoint_every == 0:
             self._save("latest")
-        write_progress_png(self.run_dir / "progress.png", s.history)
+        write_progress_png(self.run_dir / "progress.png", s.history, [t / 60 for t in s.epoch_end_s])
         log.info("epoch %d: train loss %.4f, val loss %.4f, pseudo-Dice %s (EMA %.4f)", s.epoch,
                  train_loss, val_loss, np.round(dice, 4).tolist(), s.ema_dice)
         self.on_event("epoch", {"epoch": s.epoch, "pseudo_dice": dice.tolist(), "ema_dice": s.ema_dice, "val_loss": val_loss})
@@ -314,4 +319,19 @@ class Trainer:
     def _summary(self) -> dict:
         s = self.state
         return {"epochs_done": s.epoch, "elapsed_s": round(s.elapsed_s, 1), "best_ema_pseudo_dice": s.best_ema,
-                "last_pseudo_dice": s.history["pseudo_dice"][-1] if s.history["pseudo_dice"] else None}
+                "last_pseudo_dice": s.history["pseudo_dice"][-1] if s.history["pseudo_dice"] else None,
+                "time_to_dice": time_to_dice(s.epoch_end_s, s.history)}
+
+
+def _planned_precision(options: TrainConfig, config: ConfigPlan) -> str:
+    """`auto` trains in the precision a budget-aware plan was measured with (bf16 on CPUs that
+    compute it natively); otherwise as resolve_precision decides."""
+    if options.precision == "auto" and config.budget is not None and options.device in ("auto", config.budget.device):
+        return config.budget.precision
+    return options.precision
+
+
+def time_to_dice(epoch_end_s: list[float], history: dict[str, list[float]]) -> list[dict[str, float]]:
+    """Per epoch: training minutes so far, pseudo-Dice and its EMA (run.json's time-to-Dice curve)."""
+    rows = zip(epoch_end_s, history["pseudo_dice"], history["ema_dice"])
+    return [{"minutes": round(t / 60, 2), "pseudo_dice": round(d, 4), "ema_dice": round(e, 4)} for t, d, e in rows]

@@ -1,0 +1,125 @@
+"""Accuracy per CPU-hour: Dice on unseen cases after a fixed training time, per plan.
+
+    .venv/bin/python benchmarks/budget_training.py --budget 30m [--budget 10m ...] \
+        [--variant budget --variant default] [--dataset ../shared/data/Dataset601_SpineXrayAP] \
+        [--config 2d] [--fold 0] [--work /tmp/budget_bench]
+
+Each row, in a fresh subprocess: plan the dataset (`budget`: `autoseg plan --time-budget B --device
+cpu`; `default`: the default plan), train one fold of the dataset's splits_final.json for the
+budget (`autoseg train DATASET CONFIG FOLD --time-budget B --device cpu`, precision auto: the plan's
+bf16 where it recorded one, else fp32), predict that fold's validation cases (mirror TTA, as
+`autoseg predict` does by default) and score them with `autoseg evaluate --only-predicted`. The
+row records the plan, the iterations trained, the time-to-Dice curve (run.json) and the Dice per
+class; results are appended to benchmarks/results/budget_training.md and kept as JSON in WORK.
+Run nothing else on the machine meanwhile: the budget is wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATASET = ROOT.parent / "shared" / "data" / "Dataset601_SpineXrayAP"
+RESULTS = ROOT / "benchmarks" / "results" / "budget_training.md"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    parser.add_argument("--config", default="2d")
+    parser.add_argument("--fold", default="0")
+    parser.add_argument("--budget", action="append", required=True, help="e.g. 10m, 30m, 1h (repeatable)")
+    parser.add_argument("--variant", action="append", choices=("budget", "default"), help="plans to compare [default: budget]")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/budget_bench"))
+    parser.add_argument("--row", nargs=3, metavar=("VARIANT", "BUDGET", "OUT_JSON"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.row:
+        variant, budget, out_json = args.row
+        result = run_row(args.dataset, args.config, args.fold, variant, budget, args.work)
+        Path(out_json).write_text(json.dumps(result, indent=1))
+        return
+    rows = []
+    for budget in args.budget:
+        for variant in args.variant or ["budget"]:
+            out_json = args.work / f"{variant}_{budget}.json"
+            out_json.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, __file__, "--dataset", str(args.dataset), "--config", args.config, "--fold",
+                            args.fold, "--work", str(args.work), "--budget", budget, "--row", variant, budget, str(out_json)],
+                           check=True)
+            rows.append(json.loads(out_json.read_text()))
+            print(json.dumps(_summary_line(rows[-1])), flush=True)
+    _append_markdown(rows, args)
+
+
+def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, work: Path) -> dict:
+    from autoseg import api, schema
+    from autoseg.trainers.schedule import parse_duration
+    from autoseg.trainers.splits import fold_cases
+    from autoseg.dataset import load_dataset
+
+    budget_s = parse_duration(budget)
+    workdir = work / f"{variant}_{budget}"
+    started = time.monotonic()
+    plan, _ = api.plan(dataset, workdir, configs=[config], time_budget_s=budget_s if variant == "budget" else None, device="cpu")
+    plan_s = time.monotonic() - started
+    run = api.train(dataset, config, fold, workdir, time_budget_s=budget_s, device="cpu")
+    train_wall_s = time.monotonic() - started - plan_s
+    ds = load_dataset(dataset)
+    _, val_ids = fold_cases(ds, workdir / "plans" / ds.name / "splits.json", fold)
+    images = [c.images[0] for c in ds.cases if c.case_id in set(val_ids)]
+    predictions = workdir / "predictions"
+    t0 = time.monotonic()
+    api.predict_folder(images, predictions, [run], device="cpu")
+    predict_s = time.monotonic() - t0
+    summary = api.evaluate(predictions, dataset / "labelsTr", only_predicted=True)
+    record = schema.read_json(run / "run.json")
+    cfg = plan.config(config)
+    return {
+        "variant": variant, "budget": budget, "dataset": ds.name, "config": config, "fold": fold,
+        "val_cases": len(images), "plan_s": round(plan_s, 1), "train_wall_s": round(train_wall_s, 1),
+        "predict_s_per_case": round(predict_s / max(len(images), 1), 2),
+        "spacing": cfg.spacing, "patch": cfg.patch_size, "batch": cfg.batch_size, "features": cfg.network.features[0],
+        "precision": cfg.budget.precision if cfg.budget else "fp32 (auto)",
+        "expected_iterations": cfg.budget.expected_iterations if cfg.budget else None,
+        "epochs": record["epochs_done"], "elapsed_s": record["elapsed_s"], "time_to_dice": record.get("time_to_dice"),
+        "mean_foreground_dice": summary.mean_foreground_dice,
+        "dice_per_class": {name: values.get("dice") for name, values in summary.mean_per_class.items()},
+    }
+
+
+def _summary_line(row: dict) -> dict:
+    return {k: row[k] for k in ("variant", "budget", "patch", "batch", "elapsed_s", "mean_foreground_dice")}
+
+
+def _fmt(value) -> str:
+    return "-" if value is None or value != value else f"{value:.3f}"
+
+
+def _append_markdown(rows: list[dict], args) -> None:
+    classes = list(rows[0]["dice_per_class"])
+    lines = [f"\n### {time.strftime('%Y-%m-%d')}, {rows[0]['dataset']} {rows[0]['config']}, fold {rows[0]['fold']} "
+             f"({rows[0]['val_cases']} validation cases), 2-core CPU\n",
+             "| plan | budget | spacing | patch | batch | base features | precision | epochs | trained (min) | iterations expected "
+             "| mean fg Dice | " + " | ".join(classes) + " |",
+             "|" + "---|" * (12 + len(classes))]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['budget']} | {'x'.join(f'{s:g}' for s in r['spacing'])} | {'x'.join(map(str, r['patch']))} "
+                     f"| {r['batch']} | {r['features']} | {r['precision']} | {r['epochs']} | {r['elapsed_s'] / 60:.1f} "
+                     f"| {r['expected_iterations'] or '-'} | {_fmt(r['mean_foreground_dice'])} | "
+                     + " | ".join(_fmt(r["dice_per_class"][c]) for c in classes) + " |")
+    lines.append("\nTime to Dice (validation pseudo-Dice, EMA, at minutes of training):\n")
+    for r in rows:
+        curve = ", ".join(f"{p['minutes']:.0f}': {p['ema_dice']:.2f}" for p in r.get("time_to_dice") or [])
+        lines.append(f"- {r['variant']} {r['budget']}: {curve}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as handle:
+        handle.write("\n".join(lines) + "\n")
+    print(f"appended to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
