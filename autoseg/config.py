@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 from typing import Any, Callable, Literal
@@ -49,6 +49,8 @@ class CaseFingerprint:
     cropped_shape: tuple[int, ...]  # after crop-to-nonzero
     label_fractions: dict[str, float]  # label value (as str) -> voxel fraction
     label_components: dict[str, int]  # label value (as str) -> connected components
+    # label value (as str) -> centre of mass as a fraction of the image extent per axis (labels present only)
+    label_centroids: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

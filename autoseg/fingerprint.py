@@ -1,7 +1,7 @@
 """Dataset fingerprint: the measured facts a planner decides from.
 
-Per case: spacing, shape, shape after crop-to-nonzero, label voxel fractions and connected
-component counts. Per channel: foreground intensity statistics from a bounded random sample
+Per case: spacing, shape, shape after crop-to-nonzero, label voxel fractions, connected
+component counts and centroids. Per channel: foreground intensity statistics from a bounded random sample
 (at most `samples_per_case` voxels of each case), so memory stays flat however large the dataset.
 Cases are measured one at a time in worker processes; only the small summaries come back.
 """
@@ -47,13 +47,18 @@ class _CaseMeasurement:
     foreground_samples: np.ndarray  # (C, n) float32
 
 
-def _label_statistics(label: np.ndarray, values: list[int]) -> tuple[dict[str, float], dict[str, int]]:
-    fractions, components = {}, {}
+def _label_statistics(label: np.ndarray, values: list[int]) -> tuple[dict[str, float], dict[str, int], dict[str, tuple[float, ...]]]:
+    """Per label value: voxel fraction, connected components and (present foreground labels only)
+    the centre of mass as a fraction of the image extent, from which planners see label order."""
+    fractions, components, centroids = {}, {}, {}
     for v in values:
         mask = label == v
         fractions[str(v)] = float(mask.mean())
         components[str(v)] = int(ndimage.label(mask)[1]) if v != 0 else 0
-    return fractions, components
+        if v != 0 and fractions[str(v)] > 0:
+            centre = ndimage.center_of_mass(mask)
+            centroids[str(v)] = tuple(round(float(c) / max(n - 1, 1), 4) for c, n in zip(centre, mask.shape))
+    return fractions, components, centroids
 
 
 def measure_case(case: Case, label_values: list[int], samples_per_case: int = SAMPLES_PER_CASE) -> _CaseMeasurement:
@@ -63,7 +68,7 @@ def measure_case(case: Case, label_values: list[int], samples_per_case: int = SA
     geometry = channels[0][1]
     label, _ = read_label(case.label)
     bbox = nonzero_bbox(image)
-    fractions, components = _label_statistics(label, label_values)
+    fractions, components, centroids = _label_statistics(label, label_values)
     foreground = image[:, label > 0]  # (C, n_foreground)
     rng = np.random.default_rng(zlib.crc32(case.case_id.encode()))
     if foreground.shape[1] > samples_per_case:
@@ -75,6 +80,7 @@ def measure_case(case: Case, label_values: list[int], samples_per_case: int = SA
         cropped_shape=tuple(int(b - a) for a, b in bbox),
         label_fractions=fractions,
         label_components=components,
+        label_centroids=centroids,
     )
     return _CaseMeasurement(fingerprint, foreground.astype(np.float32))
 

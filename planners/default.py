@@ -16,6 +16,7 @@ from autoseg import schema
 from autoseg.config import ConfigPlan, Fingerprint, NetworkPlan, Plan, ResamplingPlan
 from autoseg.errors import PlanError
 from autoseg.planners.budget import GIB, fit_patch_and_batch
+from autoseg.planners.mirroring import mirror_axes_for
 from autoseg.planners.normalization import plan_normalization
 from autoseg.planners.spacing import fullres_target_spacing, is_anisotropic, lowres_spacing_step
 from autoseg.planners.topology import Topology
@@ -82,7 +83,7 @@ class PlanningContext:
             network=fitted.network,
             normalization=self.normalization,
             resampling=resampling_for(spacing, len(patch)),
-            mirror_axes=tuple(range(len(patch))),
+            mirror_axes=mirror_axes_for(self.fingerprint, len(patch)),
             estimated_memory_gb=round(fitted.estimated_bytes / GIB, 3),
         )
 

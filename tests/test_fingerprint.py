@@ -78,13 +78,23 @@ def test_component_counts_per_label(make_dataset):
     assert fp.cases[1].label_components == {"0": 0, "1": 1, "2": 2}
 
 
+def test_label_centroids_are_fractions_of_the_extent_for_present_labels(make_dataset):
+    root = make_dataset(num_cases=1, shape=SHAPE, num_labels=3)
+    label, _ = read_label(root / "labelsTr/case_000.nii.gz")
+    case = fingerprint_of(root).cases[0]
+    assert set(case.label_centroids) == {"1", "2"}  # background has none
+    for value, centroid in case.label_centroids.items():
+        expected = [np.argwhere(label == int(value))[:, a].mean() / (n - 1) for a, n in enumerate(label.shape)]
+        assert centroid == pytest.approx(expected, abs=1e-4)
+
+
 def test_label_absent_from_a_case_has_zero_fraction_and_components(make_dataset):
     root = make_dataset(num_cases=1, shape=SHAPE, num_labels=3)
     label_path = root / "labelsTr/case_000.nii.gz"
     label, geometry = read_label(label_path)
     write_image(label_path, np.where(label == 2, 0, label).astype(np.uint8), geometry)
     case = fingerprint_of(root).cases[0]
-    assert case.label_fractions["2"] == 0.0 and case.label_components["2"] == 0
+    assert case.label_fractions["2"] == 0.0 and case.label_components["2"] == 0 and "2" not in case.label_centroids
 
 
 # ---------------------------------------------------------------- intensities
