@@ -16,6 +16,7 @@ Run nothing else on the machine meanwhile: the budget is wall time.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import json
 import subprocess
 import sys
@@ -25,6 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASET = ROOT.parent / "shared" / "data" / "Dataset601_SpineXrayAP"
 RESULTS = ROOT / "benchmarks" / "results" / "budget_training.md"
+# budget-all-mirrors: the budget plan with every axis mirrored (nnU-Net's rule), to measure the
+# label-order rule of planners/mirroring.py
+VARIANTS = ("budget", "default", "budget-all-mirrors")
 
 
 def main() -> None:
@@ -33,7 +37,7 @@ def main() -> None:
     parser.add_argument("--config", default="2d")
     parser.add_argument("--fold", default="0")
     parser.add_argument("--budget", action="append", required=True, help="e.g. 10m, 30m, 1h (repeatable)")
-    parser.add_argument("--variant", action="append", choices=("budget", "default"), help="plans to compare [default: budget]")
+    parser.add_argument("--variant", action="append", choices=VARIANTS, help="plans to compare [default: budget]")
     parser.add_argument("--work", type=Path, default=Path("/tmp/budget_bench"))
     parser.add_argument("--row", nargs=3, metavar=("VARIANT", "BUDGET", "OUT_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -64,7 +68,12 @@ def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, wo
     budget_s = parse_duration(budget)
     workdir = work / f"{variant}_{budget}"
     started = time.monotonic()
-    plan, _ = api.plan(dataset, workdir, configs=[config], time_budget_s=budget_s if variant == "budget" else None, device="cpu")
+    plan, plan_path = api.plan(dataset, workdir, configs=[config], time_budget_s=None if variant == "default" else budget_s,
+                               device="cpu")
+    if variant == "budget-all-mirrors":
+        every_axis = replace(plan.config(config), mirror_axes=tuple(range(len(plan.config(config).patch_size))))
+        plan = replace(plan, configurations={**plan.configurations, config: every_axis})
+        schema.write_json_atomic(plan_path, plan)
     plan_s = time.monotonic() - started
     run = api.train(dataset, config, fold, workdir, time_budget_s=budget_s, device="cpu")
     train_wall_s = time.monotonic() - started - plan_s
@@ -83,6 +92,7 @@ def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, wo
         "val_cases": len(images), "plan_s": round(plan_s, 1), "train_wall_s": round(train_wall_s, 1),
         "predict_s_per_case": round(predict_s / max(len(images), 1), 2),
         "spacing": cfg.spacing, "patch": cfg.patch_size, "batch": cfg.batch_size, "features": cfg.network.features[0],
+        "mirror_axes": cfg.mirror_axes,
         "precision": cfg.budget.precision if cfg.budget else "fp32 (auto)",
         "expected_iterations": cfg.budget.expected_iterations if cfg.budget else None,
         "epochs": record["epochs_done"], "elapsed_s": record["elapsed_s"], "time_to_dice": record.get("time_to_dice"),
@@ -103,12 +113,13 @@ def _append_markdown(rows: list[dict], args) -> None:
     classes = list(rows[0]["dice_per_class"])
     lines = [f"\n### {time.strftime('%Y-%m-%d')}, {rows[0]['dataset']} {rows[0]['config']}, fold {rows[0]['fold']} "
              f"({rows[0]['val_cases']} validation cases), 2-core CPU\n",
-             "| plan | budget | spacing | patch | batch | base features | precision | epochs | trained (min) | iterations expected "
-             "| mean fg Dice | " + " | ".join(classes) + " |",
-             "|" + "---|" * (12 + len(classes))]
+             "| plan | budget | spacing | patch | batch | base features | mirrored axes | precision | epochs | trained (min) "
+             "| iterations expected | mean fg Dice | " + " | ".join(classes) + " |",
+             "|" + "---|" * (13 + len(classes))]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['budget']} | {'x'.join(f'{s:g}' for s in r['spacing'])} | {'x'.join(map(str, r['patch']))} "
-                     f"| {r['batch']} | {r['features']} | {r['precision']} | {r['epochs']} | {r['elapsed_s'] / 60:.1f} "
+                     f"| {r['batch']} | {r['features']} | {r.get('mirror_axes', '-')} | {r['precision']} | {r['epochs']} "
+                     f"| {r['elapsed_s'] / 60:.1f} "
                      f"| {r['expected_iterations'] or '-'} | {_fmt(r['mean_foreground_dice'])} | "
                      + " | ".join(_fmt(r["dice_per_class"][c]) for c in classes) + " |")
     lines.append("\nTime to Dice (validation pseudo-Dice, EMA, at minutes of training):\n")
