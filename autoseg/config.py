@@ -161,6 +161,18 @@ class BudgetChoice:
 
 
 @dataclass(frozen=True)
+class TaskPlan:
+    """The clinical task a configuration carries out (autoseg/tasks): its registered name and its
+    options, fully expanded (the task's registry entry checks them against its typed options)."""
+
+    name: str
+    options: dict[str, Any]
+
+
+NormalizeAt = Literal["preprocessing", "loader"]
+
+
+@dataclass(frozen=True)
 class ConfigPlan:
     name: ConfigName
     spacing: tuple[float, ...]  # target spacing of the network's input (numpy order)
@@ -173,6 +185,12 @@ class ConfigPlan:
     mirror_axes: tuple[int, ...]  # spatial axes of the patch that test-time mirroring may flip
     estimated_memory_gb: float = 0.0
     budget: BudgetChoice | None = None  # set by the budget-aware planner only
+    # Both below are absent from plan.json unless set, so a plan without a task keeps its content and hash.
+    task: TaskPlan | None = field(default=None, metadata=schema.OMIT_DEFAULT)
+    # "loader": preprocessing stores resampled raw intensities and per-case normalization parameters,
+    # and the training loader normalizes each patch, after augmentations that need raw intensities
+    # (X-ray dose simulation works on detected photons); prediction normalizes after resampling.
+    normalize_at: NormalizeAt = field(default="preprocessing", metadata=schema.OMIT_DEFAULT)
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,24 @@ from autoseg.errors import PlanError
 
 T = TypeVar("T")
 
+# Field metadata for an optional section added after documents were in use: left out while it holds
+# its default, so older documents keep their exact content and hash (a plan without a task, say).
+OMIT_DEFAULT = {"omit_default": True}
+
 
 def to_dict(obj: Any) -> Any:
-    """Dataclasses -> dicts, tuples -> lists, recursively."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    """Dataclasses -> dicts, tuples -> lists, recursively (OMIT_DEFAULT fields only when set)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not _omitted(obj, f)}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
         return {str(k): to_dict(v) for k, v in obj.items()}
     return obj
+
+
+def _omitted(obj: Any, f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("omit_default")) and getattr(obj, f.name) == f.default
 
 
 def from_dict(cls: type[T], data: Any, where: str = "", error: type[Exception] = PlanError) -> T:
