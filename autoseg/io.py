@@ -295,6 +295,8 @@ def _ensure_writable_dtype(array: np.ndarray, ending: str, path: Path) -> np.nda
             raise ImageIOError(f"{path}: {ending} stores whole numbers only, found fractional or NaN values; round or scale them first, or use .nii.gz")
         if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
             raise ImageIOError(f"{path}: values outside 0..65535 cannot be stored in {ending}; use .nii.gz")
+        if array.dtype == np.uint16 and ending == ".png":
+            return array  # a 16-bit PNG stays 16-bit even when its values would fit 8 bits
         return array.astype(np.uint8 if array.max(initial=0) < 256 else np.uint16)
     if array.dtype == bool:
         return array.astype(np.uint8)
