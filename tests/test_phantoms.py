@@ -1,4 +1,4 @@
-"""Synthetic phantoms (dataset layout, anatomy, physics), the DTI fit and the low-dose X-ray simulator."""
+"""Synthetic phantoms (dataset layout, anatomy, physics) and the DTI fit (the low-dose simulator: test_xray_dose.py)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,6 @@ from autoseg.io import read_image, read_label
 from autoseg.phantoms import PHANTOMS, generate_case, write_example
 from autoseg.phantoms.radiography import XRAY_MU, expose, project
 from autoseg.phantoms.solids import Grid, Part, Solid, axial_rotation, coronal_rotation, sagittal_rotation
-from autoseg.xray_dose import apply_low_dose, sample_low_dose, simulate_low_dose
 
 NAMES = ("cervical-xray", "lumbar-xray", "lumbar-ct", "skeleton-ct", "dti-cord")
 CASES = 3
@@ -241,62 +240,3 @@ def test_projection_follows_beer_lambert_and_poisson_statistics():
     counts, i0 = expose(np.full((200, 200), 2.0), 400.0, np.ones((200, 200), bool), rng)
     assert i0 == pytest.approx(400.0 * np.exp(2.0))
     assert counts.mean() == pytest.approx(400.0, rel=0.01) and counts.var() == pytest.approx(400.0, rel=0.05)
-
-
-# ---------------------------------------------------------------- low-dose X-ray
-def flat(value: float = 2000.0, dtype=np.uint16) -> np.ndarray:
-    return np.full((96, 96), value, dtype=dtype)
-
-
-def test_full_dose_is_an_exact_identity():
-    rng = np.random.default_rng(0)
-    image = generate_case("cervical-xray").image
-    np.testing.assert_array_equal(simulate_low_dose(image, 1.0, rng), image)
-    floats = np.random.default_rng(1).uniform(0, 1, (16, 16)).astype(np.float32)
-    np.testing.assert_array_equal(simulate_low_dose(floats, 1.0, rng), floats)
-
-
-def test_noise_variance_grows_as_dose_falls_like_one_over_dose():
-    variances = []
-    for dose in (0.5, 0.25, 0.075):
-        out = simulate_low_dose(flat(), dose, np.random.default_rng(0), full_dose_photons=5000.0).astype(float)
-        variances.append(out.var())
-        photons_per_unit = 5000.0 / 2000.0
-        expected = 5000.0 * (1 - dose) / dose / photons_per_unit**2
-        assert out.var() == pytest.approx(expected, rel=0.2)
-    assert variances[0] < variances[1] < variances[2]
-
-
-def test_low_dose_keeps_dtype_and_range_and_lowers_contrast():
-    image = flat(1000.0)
-    image[:, 48:] = 3000
-    rng = np.random.default_rng(2)
-    out = simulate_low_dose(image, 0.075, rng)
-    assert out.dtype == np.uint16 and 0 <= out.min() and out.max() < 3000 + 1000  # noisy, not saturated
-    assert out[:, 56:].mean() - out[:, :40].mean() < 2000 - 20  # scatter veil eats contrast
-    small = simulate_low_dose(np.random.default_rng(3).integers(0, 256, (32, 32)).astype(np.uint8), 0.1, rng)
-    assert small.dtype == np.uint8
-    floats = simulate_low_dose(np.linspace(0, 1, 1024, dtype=np.float32).reshape(32, 32), 0.1, rng)
-    assert floats.dtype == np.float32 and 0.0 <= floats.min() and floats.max() <= 1.0
-
-
-def test_low_dose_is_deterministic_given_rng_and_sampled_params():
-    image = generate_case("lumbar-xray").image
-    a = simulate_low_dose(image, 0.2, np.random.default_rng(5))
-    b = simulate_low_dose(image, 0.2, np.random.default_rng(5))
-    c = simulate_low_dose(image, 0.2, np.random.default_rng(6))
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
-    params = sample_low_dose(0.2, np.random.default_rng(5))
-    np.testing.assert_array_equal(apply_low_dose(image, params), a)
-    full = sample_low_dose(1.0, np.random.default_rng(5))
-    assert full.veil == 0.0 and full.blur_sigma_px == 0.0
-
-
-def test_low_dose_rejects_bad_fractions_and_negative_images():
-    rng = np.random.default_rng(0)
-    for bad in (0.0, -0.1, 1.5):
-        with pytest.raises(ConfigError, match="dose_fraction"):
-            simulate_low_dose(flat(), bad, rng)
-    with pytest.raises(ConfigError, match="non-negative"):
-        simulate_low_dose(np.full((4, 4), -1.0), 0.5, rng)
