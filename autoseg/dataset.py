@@ -1,7 +1,8 @@
 """Dataset folders in the nnU-Net v2 raw layout (unchanged): find the cases, check that all are usable.
 
     DatasetXXX_Name/dataset.json   channel_names {"0": "CT"}, labels {"background": 0, ...}, numTraining,
-                                   file_ending; optional extras (name, description, groups {case: group}, ...)
+                                   file_ending; optional extras (name, description, groups {case: group},
+                                   task "NAME" or {"name": NAME, "options": {...}} (autoseg/tasks), ...)
     imagesTr/CASE_0000<ending>     one file per channel, 4-digit channel index
     labelsTr/CASE<ending>          imagesTs/ (optional, no labels)   splits_final.json (optional)
 
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from autoseg.errors import ConfigError, DatasetError
 from autoseg.io import IMAGE_ENDINGS, PLAIN_2D_ENDINGS, file_ending
@@ -62,6 +64,7 @@ class Dataset:
     test_cases: tuple[Case, ...]  # imagesTs, label None
     splits_file: Path | None
     groups: dict[str, str] | None  # case_id -> group, from dataset.json "groups"
+    task: dict[str, Any] | None = None  # {"name", "options"} from dataset.json "task" (checked when planning)
 
 
 @dataclass
@@ -73,6 +76,7 @@ class _Metadata:
     file_ending: str | None = None
     num_training: int | None = None
     groups: dict[str, str] | None = None
+    task: dict[str, Any] | None = None
 
 
 @dataclass
@@ -292,7 +296,7 @@ def _read_metadata(root: Path, problems: list[str]) -> _Metadata:
         except ValueError as exc:
             problems.append(f"{DATASET_JSON}: {key} {exc}")
     return _Metadata(parsed.get("channel_names"), parsed.get("labels"), parsed.get("file_ending"),
-                     parsed.get("numTraining"), parsed.get("groups"))
+                     parsed.get("numTraining"), parsed.get("groups"), parsed.get("task"))
 
 
 def _parse_channel_names(value: object) -> tuple[str, ...]:
@@ -335,9 +339,19 @@ def _parse_groups(value: object) -> dict[str, str]:
     return {k: str(g) for k, g in value.items()}  # integer patient ids are common; groups compare as text
 
 
+def _parse_task(value: object) -> dict[str, Any]:
+    """A task name, or {"name": NAME, "options": {...}}; whether the name is registered is the planner's check."""
+    if isinstance(value, str) and value:
+        return {"name": value, "options": {}}
+    if (isinstance(value, dict) and isinstance(value.get("name"), str) and value["name"]
+            and isinstance(value.get("options", {}), dict) and set(value) <= {"name", "options"}):
+        return {"name": value["name"], "options": dict(value.get("options", {}))}
+    raise ValueError(f'must be a task name such as "cervical-lowdose" or {{"name": ..., "options": {{...}}}}, found {value!r}')
+
+
 _PARSERS: dict[str, Callable[[object], object]] = {
     "channel_names": _parse_channel_names, "labels": _parse_labels, "file_ending": _parse_file_ending,
-    "numTraining": _parse_count, "groups": _parse_groups,
+    "numTraining": _parse_count, "groups": _parse_groups, "task": _parse_task,
 }
 
 
@@ -348,7 +362,7 @@ def _to_dataset(scan: _Scan) -> Dataset:
     return Dataset(root=root, name=Path(os.path.abspath(root)).name, channel_names=meta.channel_names, labels=meta.labels,
                    file_ending=meta.file_ending, num_training=meta.num_training, cases=tuple(scan.cases),
                    test_cases=tuple(scan.test_cases), splits_file=splits if splits.is_file() else None,
-                   groups=meta.groups)
+                   groups=meta.groups, task=meta.task)
 
 
 def _raise_if_problems(root: Path, problems: list[str]) -> None:

@@ -1,8 +1,12 @@
 """Turn raw cases into network-ready arrays on disk, and predictions back into the original grid.
 
-One case: crop to the nonzero region -> normalize per channel -> resample to the configuration's
-spacing (a 2d configuration of 3D data resamples y and x only; slices stay slices) -> sample the
-voxel locations of every class for foreground oversampling.
+One case: the task's case steps, if the plan names a task -> crop to the nonzero region ->
+normalize per channel -> resample to the configuration's spacing (a 2d configuration of 3D data
+resamples y and x only; slices stay slices) -> sample the voxel locations of every class for
+foreground oversampling. A plan with `normalize_at == "loader"` resamples first and normalizes
+after; its training folder stores the resampled raw intensities and each case's resolved
+normalization (properties "normalization"), which the loader applies to every patch after the
+augmentations that need raw intensities.
 
 A configuration's folder (see autoseg.workdir) holds, per case:
 
@@ -33,8 +37,9 @@ from autoseg.config import ConfigPlan, Plan
 from autoseg.cropping import crop, nonzero_bbox, nonzero_mask, uncrop
 from autoseg.errors import PlanError, PreprocessingError
 from autoseg.io import Geometry, read_image, read_label
-from autoseg.normalization import normalize
+from autoseg.normalization import apply_normalization, normalize, resolve_normalization
 from autoseg.resampling import resample_image, resample_label, resample_probabilities
+from autoseg.tasks import run_case_steps
 
 log = logging.getLogger(__name__)
 
@@ -78,21 +83,29 @@ def preprocess_case(
     label: np.ndarray | None,
     config: ConfigPlan,
     case_id: str = "case",
+    defer_normalization: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """Crop, normalize and resample one case.
+    """Case steps, crop, normalize and resample one case.
 
     image (C, *spatial) as read, label (*spatial) integer or None. Returns data float32
     (C, *spatial'), seg int8 (1, *spatial') or None, and the JSON-able properties that
     `restore_original` needs. Class locations come from `class_locations(seg, case_id)`.
+    `defer_normalization` (training storage): where the plan normalizes in the loader, return the
+    resampled raw intensities and record the normalization in properties["normalization"].
     """
+    image = run_case_steps(config.task, image, geometry, case_id)
     _check_case_inputs(image, geometry, label, case_id)
     spacing_before = tuple(float(s) for s in geometry.spacing_zyx)
     spacing_after = target_spacing(spacing_before, config)
     bbox = nonzero_bbox(image)
     cropped = crop(image, bbox)
-    mask = nonzero_mask(cropped) if any(p.use_mask for p in config.normalization) else None
-    data = normalize(cropped, config.normalization, mask)
-    data = resample_image(data, spacing_before, spacing_after, config.resampling)
+    recorded = None
+    if config.normalize_at == "loader":
+        data, recorded = _resample_then_normalize(cropped, spacing_before, spacing_after, config, defer_normalization)
+    else:
+        mask = nonzero_mask(cropped) if any(p.use_mask for p in config.normalization) else None
+        data = normalize(cropped, config.normalization, mask)
+        data = resample_image(data, spacing_before, spacing_after, config.resampling)
     seg = None
     if label is not None:
         resampled = resample_label(crop(label, bbox), spacing_before, spacing_after, config.resampling, out_shape=data.shape[1:])
@@ -108,7 +121,22 @@ def preprocess_case(
         "spacing_after": list(spacing_after),
         "class_locations_file": f"{case_id}_locations.npz",
     }
+    if recorded is not None:
+        properties["normalization"] = [n.to_dict() for n in recorded]
     return data, seg, properties
+
+
+def _resample_then_normalize(cropped: np.ndarray, spacing_before, spacing_after, config: ConfigPlan,
+                             keep_raw: bool) -> tuple[np.ndarray, list | None]:
+    """Resample raw intensities, then resolve each channel's normalization on them (masks: every
+    nonzero voxel, per voxel, as the loader sees a patch). keep_raw: return them with the resolved
+    normalization instead of normalized data."""
+    raw = resample_image(cropped.astype(np.float32, copy=False), spacing_before, spacing_after, config.resampling)
+    mask = nonzero_mask(raw) if any(p.use_mask for p in config.normalization) else None
+    resolved = resolve_normalization(raw, config.normalization, mask)
+    if keep_raw:
+        return raw.astype(np.float32, copy=False), resolved
+    return apply_normalization(raw, resolved, mask), None
 
 
 def class_locations(seg: np.ndarray, case_id: str, max_per_class: int = MAX_LOCATIONS_PER_CLASS) -> dict[str, np.ndarray]:
@@ -183,7 +211,7 @@ def _read_case(case) -> tuple[np.ndarray, Geometry, np.ndarray | None]:
 def _process_case(case, config: ConfigPlan, folder: Path) -> str:
     """Worker: read, preprocess and write one case; returns its id (nothing big crosses processes)."""
     image, geometry, label = _read_case(case)
-    data, seg, properties = preprocess_case(image, geometry, label, config, case.case_id)
+    data, seg, properties = preprocess_case(image, geometry, label, config, case.case_id, defer_normalization=True)
     write_case(folder, data, seg, properties)
     log.debug("preprocessed %s: %s -> %s", case.case_id, properties["original_shape"], properties["resampled_shape"])
     return case.case_id

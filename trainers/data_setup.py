@@ -20,8 +20,10 @@ from autoseg.data.augmentation import (
 )
 from autoseg.data.loader import BatchLoader, Transforms, make_loader
 from autoseg.data.sampling import PatchSampler
+from autoseg.data.transforms import NormalizeTransform
 from autoseg.networks import deep_supervision_scales
 from autoseg.preprocessing import load_case
+from autoseg.tasks import raw_augmentations
 
 
 @dataclass(frozen=True)
@@ -45,17 +47,29 @@ def augmentation_for(config: ConfigPlan) -> AugmentationConfig:
     return AugmentationConfig(dummy_2d=dummy_2d)
 
 
+def raw_intensity_steps(config: ConfigPlan, training: bool) -> list:
+    """Where the plan normalizes in the loader: the task's raw-intensity augmentations (training
+    only), then normalization with each case's recorded parameters. Otherwise none."""
+    if config.normalize_at != "loader":
+        return []
+    return [*(raw_augmentations(config.task) if training else []), NormalizeTransform()]
+
+
 def training_source(config: ConfigPlan, folder: Path, case_ids: list[str], batch_size: int, oversample: float) -> BatchSource:
     augmentation = augmentation_for(config)
     # the loader reseeds the sampler per worker, so its own seed never matters
     sampler = PatchSampler(folder, case_ids, config.patch_size, batch_size, oversample, seed=0,
-                           sample_size=pre_augmentation_size(config.patch_size, augmentation))
-    return BatchSource(sampler, build_transforms(augmentation, config.patch_size, config.mirror_axes, target_scales(config)))
+                           sample_size=pre_augmentation_size(config.patch_size, augmentation),
+                           raw_intensities=config.normalize_at == "loader")
+    return BatchSource(sampler, build_transforms(augmentation, config.patch_size, config.mirror_axes, target_scales(config),
+                                                 first=raw_intensity_steps(config, training=True)))
 
 
 def validation_source(config: ConfigPlan, folder: Path, case_ids: list[str], batch_size: int, oversample: float) -> BatchSource:
-    sampler = PatchSampler(folder, case_ids, config.patch_size, batch_size, oversample, seed=0)
-    return BatchSource(sampler, no_augmentation_transforms(config.patch_size, target_scales(config)))
+    sampler = PatchSampler(folder, case_ids, config.patch_size, batch_size, oversample, seed=0,
+                           raw_intensities=config.normalize_at == "loader")
+    return BatchSource(sampler, no_augmentation_transforms(config.patch_size, target_scales(config),
+                                                           first=raw_intensity_steps(config, training=False)))
 
 
 def check_cases(folder: Path, case_ids: Sequence[str]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from batchgenerators.augmentations.utils import rotate_coords_2d, rotate_coords_3d
@@ -119,11 +119,13 @@ def build_transforms(
     patch_size: Sequence[int],
     mirror_axes: Sequence[int],
     deep_supervision_scales: Sequence[Sequence[float]] | None,
+    first: Sequence[Callable[..., dict]] = (),
 ) -> Compose:
-    """The training pipeline: spatial (rotate/scale, centre crop to patch_size), intensity, mirror,
-    deep-supervision targets. `mirror_axes` are spatial axes of the patch; () disables mirroring."""
+    """The training pipeline: `first` (raw-intensity steps and the loader's normalization, for plans
+    that normalize in the loader), spatial (rotate/scale, centre crop to patch_size), intensity,
+    mirror, deep-supervision targets. `mirror_axes` are spatial axes of the patch; () disables mirroring."""
     patch = _check_patch(patch_size, config, deep_supervision_scales)
-    steps: list[AbstractTransform] = [RenameTransform("target", "seg", delete_old=True)]
+    steps: list = [*first, RenameTransform("target", "seg", delete_old=True)]
     if config.dummy_2d:
         steps.append(Convert3DTo2DTransform())
     steps.append(_spatial_transform(config, patch[1:] if config.dummy_2d else patch))
@@ -137,11 +139,14 @@ def build_transforms(
 
 
 def no_augmentation_transforms(
-    patch_size: Sequence[int], deep_supervision_scales: Sequence[Sequence[float]] | None
+    patch_size: Sequence[int], deep_supervision_scales: Sequence[Sequence[float]] | None,
+    first: Sequence[Callable[..., dict]] = (),
 ) -> Compose:
-    """Validation pipeline: centre crop to patch_size and deep-supervision targets only."""
+    """Validation pipeline: `first` (the loader's normalization, where the plan defers it), centre
+    crop to patch_size and deep-supervision targets only."""
     patch = _check_patch(patch_size, AugmentationConfig(), deep_supervision_scales)
     return Compose([
+        *first,
         RenameTransform("target", "seg", delete_old=True),
         CenterCropTransform(patch),
         DeepSupervisionTargetsTransform(deep_supervision_scales),

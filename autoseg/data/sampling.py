@@ -7,6 +7,11 @@ contain a voxel of a foreground class (chosen uniformly among the classes presen
 
 A 2D network on 3D cases (2D patch size, 3D case) samples axial slices (axis 0): a random slice, or
 for a forced-foreground sample the slice through the chosen foreground voxel.
+
+With `raw_intensities` (a plan that normalizes in the loader) the cases hold raw intensities: a
+batch then also carries each sample's recorded normalization and spacing (the loader's first
+transforms need them), and the box outside a case is filled with the raw value that normalizes
+to 0, as the zero padding of normalized cases does.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from autoseg.errors import ConfigError, PreprocessingError
+from autoseg.normalization import ChannelNormalization
 from autoseg.preprocessing import load_case, load_class_locations
 
 logger = logging.getLogger(__name__)
@@ -32,12 +38,15 @@ def patch_start_range(case_shape: Sequence[int], patch_size: Sequence[int]) -> l
     return [(min(0, n - p), max(0, n - p)) for n, p in zip(case_shape, patch_size)]
 
 
-def read_box(array: np.ndarray, start: Sequence[int], size: Sequence[int], dtype: type) -> np.ndarray:
-    """The box [start, start + size) over the spatial axes of channel-first `array`, 0 outside it.
-
-    Only the overlap is indexed, so a memory-mapped `array` reads just the patch from disk.
+def read_box(array: np.ndarray, start: Sequence[int], size: Sequence[int], dtype: type,
+             fill: Sequence[float] | None = None) -> np.ndarray:
+    """The box [start, start + size) over the spatial axes of channel-first `array`, 0 (or per
+    channel `fill`) outside it. Only the overlap is indexed, so a memory-mapped `array` reads just
+    the patch from disk.
     """
     out = np.zeros((array.shape[0], *size), dtype=dtype)
+    if fill is not None:
+        out[...] = np.asarray(fill, dtype=dtype).reshape((-1,) + (1,) * len(size))
     source, target = [slice(None)], [slice(None)]
     for lo, n, extent in zip(start, size, array.shape[1:]):
         a, b = max(lo, 0), min(lo + n, extent)
@@ -82,16 +91,25 @@ def choose_patch_start(
 
 
 # ---------------------------------------------------------------- case files
-def _open_case(folder: Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """Memory-mapped image (C, *spatial) and label (1, *spatial) of a preprocessed case."""
+def _open_case(folder: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Memory-mapped image (C, *spatial) and label (1, *spatial) of a preprocessed case, and its properties."""
     try:
-        data, seg, _ = load_case(folder, case_id)
+        data, seg, properties = load_case(folder, case_id)
     except PreprocessingError as e:  # load_case names the file; say which case it belongs to
         raise PreprocessingError(f"preprocessed case '{case_id}': {e}") from None
     if seg is None:
         raise PreprocessingError(f"{folder}: preprocessed case '{case_id}' has no label file {case_id}_seg.npy, "
                                  f"so it cannot be used for training; {_REPREPROCESS}")
-    return data, seg
+    return data, seg, properties
+
+
+def _raw_info(folder: Path, case_id: str, properties: dict, net_ndim: int) -> dict:
+    """What a raw-intensity sample carries: its case's recorded normalization and spacing."""
+    if "normalization" not in properties:
+        raise PreprocessingError(f"{folder}: preprocessed case '{case_id}' holds no recorded normalization, but the "
+                                 f"plan normalizes in the loader; {_REPREPROCESS}")
+    return {"normalization": properties["normalization"],
+            "spacing": [float(s) for s in properties["spacing_after"][-net_ndim:]]}
 
 
 def _pick_foreground_voxel(folder: Path, case_id: str, rng: np.random.Generator) -> np.ndarray | None:
@@ -126,8 +144,10 @@ class PatchSampler:
         oversample_foreground: float = 1 / 3,
         seed: int = 0,
         sample_size: Sequence[int] | None = None,
+        raw_intensities: bool = False,
     ):
         self.folder = Path(folder)
+        self.raw_intensities = bool(raw_intensities)
         self.case_ids = list(case_ids)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.sample_size = tuple(int(s) for s in (sample_size if sample_size is not None else patch_size))
@@ -168,15 +188,21 @@ class PatchSampler:
         """One batch; the last samples are forced to contain foreground (forced_foreground_flags)."""
         flags = forced_foreground_flags(self.batch_size, self.oversample_foreground, self.rng)
         samples = [self._sample_one(forced) for forced in flags]
-        return {
+        batch = {
             "data": np.stack([s[0] for s in samples]),
             "target": np.stack([s[1] for s in samples]),
             "case_ids": [s[2] for s in samples],
         }
+        if self.raw_intensities:
+            batch["normalization"] = [s[3]["normalization"] for s in samples]
+            batch["spacing"] = [s[3]["spacing"] for s in samples]
+        return batch
 
-    def _sample_one(self, force_foreground: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    def _sample_one(self, force_foreground: bool) -> tuple[np.ndarray, np.ndarray, str, dict | None]:
         case_id = self.case_ids[int(self.rng.integers(len(self.case_ids)))]
-        data, seg = _open_case(self.folder, case_id)
+        data, seg, properties = _open_case(self.folder, case_id)
+        info = _raw_info(self.folder, case_id, properties, len(self.patch_size)) if self.raw_intensities else None
+        fill = [ChannelNormalization.from_dict(n).zero_value for n in info["normalization"]] if info else None
         voxel = _pick_foreground_voxel(self.folder, case_id, self.rng) if force_foreground else None
         if force_foreground and voxel is None:
             logger.debug("case %s has no foreground; sampling a random patch instead", case_id)
@@ -185,8 +211,8 @@ class PatchSampler:
         # widen the patch box symmetrically to the pre-augmentation box
         box_start = [s - (n - p) // 2 for s, n, p in zip(start, self.sample_size, self.patch_size)]
         try:
-            return (read_box(data, box_start, self.sample_size, np.float32),
-                    read_box(seg, box_start, self.sample_size, np.int16), case_id)
+            return (read_box(data, box_start, self.sample_size, np.float32, fill),
+                    read_box(seg, box_start, self.sample_size, np.int16), case_id, info)
         except (OSError, ValueError) as e:  # e.g. a file truncated after it was mapped
             raise PreprocessingError(
                 f"{self.folder}: reading a patch of case '{case_id}' failed ({e}); {_REPREPROCESS}") from e

@@ -4,6 +4,8 @@
   back, so a 2D spatial transform augments a strongly anisotropic 3D patch in-plane only.
 - `DeepSupervisionTargetsTransform`: the label map at every deep-supervision scale (nearest), as a
   list of int16 arrays. The resizing is the pure function `downsample_nearest`.
+- `NormalizeTransform`: raw-intensity samples normalized with their case's recorded normalization
+  (plans that normalize in the loader), after the augmentations that need raw intensities.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
+
+from autoseg.normalization import ChannelNormalization, apply_normalization
 
 _SHAPE_KEY = "_shape_before_3d_to_2d"  # where the fold remembers what to unfold
 
@@ -83,4 +87,21 @@ class DeepSupervisionTargetsTransform(AbstractTransform):
             raise ValueError(f"deep supervision scales {scales} do not match the "
                              f"{labels.ndim - 2}D target shape {labels.shape}")
         batch[self.output_key] = [downsample_nearest(labels, scaled_shape(labels.shape[2:], s)) for s in scales]
+        return batch
+
+
+class NormalizeTransform(AbstractTransform):
+    """batch["data"] (B, C, *S) raw -> normalized float32 with each sample's batch["normalization"]
+    (per channel, as recorded by preprocessing); drops the per-sample records ("normalization",
+    "spacing"). Masked channels treat every nonzero raw voxel as inside, as preprocessing did."""
+
+    def __call__(self, **batch):
+        records, data = batch.pop("normalization"), batch["data"]
+        batch.pop("spacing", None)
+        out = np.empty(data.shape, dtype=np.float32)
+        for b, channels in enumerate(records):
+            resolved = [ChannelNormalization.from_dict(c) for c in channels]
+            mask = np.any(data[b] != 0, axis=0) if any(n.masked for n in resolved) else None
+            out[b] = apply_normalization(data[b], resolved, mask)
+        batch["data"] = out
         return batch

@@ -38,6 +38,14 @@ class BundleInferred:
 
     members: list[Inferred]
 
+    @property
+    def image(self) -> np.ndarray | None:  # members share the input and the task (Predictor._finish_case)
+        return self.members[0].image
+
+    @property
+    def properties(self) -> dict:
+        return self.members[0].properties
+
 
 class BundlePredictor(Predictor):
     """Averages a bundle's members on the original image grid, then applies the bundle's post-processing."""

@@ -165,6 +165,8 @@ def _signature(member: Member, payload: dict[str, Any]) -> dict[str, Any]:
         "input channels": c.network.in_channels,
         "classes": c.network.num_classes,
         "labels": dict(payload["labels"]),
+        "task": schema.to_dict(c.task),
+        "normalize at": c.normalize_at,
     }
 
 

@@ -3,8 +3,9 @@
 Per case: preprocess exactly as in training (crop, normalize, resample; `preprocess_case`) ->
 sliding window per ensemble member (mirror TTA over the plan's axes) -> softmax of each member's
 averaged logits, averaged over members -> back to the original grid (`restore_original`) ->
-argmax to label values -> optional largest-component clean-up -> written with the input's exact
-spacing, origin and direction.
+argmax to label values -> optional largest-component clean-up -> the task's post steps and report
+when the model carries out a task (autoseg/tasks; a report per case as <case>.report.json and
+task_report.csv for the folder) -> written with the input's exact spacing, origin and direction.
 
 Folders are predicted case by case; while case i+1 runs through the network, case i is restored
 and written by one background thread (the network and the resampling/writing then overlap).
@@ -35,6 +36,8 @@ from autoseg.inference.tiling import DEFAULT_MAX_GROWTH, choose_tile, patches_pe
 from autoseg.postprocessing import keep_largest_component
 from autoseg.preprocessing import preprocess_case, restore_original
 from autoseg.progress import ProgressFactory, task
+from autoseg.tasks import PredictedCase, finish_prediction, finishes_predictions
+from autoseg.tasks import reports as task_reports
 from autoseg.workdir import make_folder
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ class Inferred:
 
     probabilities: np.ndarray  # (K, *resampled) float32
     properties: dict[str, Any]  # from preprocess_case
+    image: np.ndarray | None = None  # the input, kept when the model's task finishes predictions with it
 
 
 def check_options(step_fraction: float = 0.5, max_tile_growth: float = DEFAULT_MAX_GROWTH, precision: str = "auto",
@@ -95,6 +99,8 @@ class Predictor:
         self.keep_largest = keep_largest
         self.max_tile_growth = max_tile_growth  # 1.0: always the training patch (nnU-Net's tiling)
         self.slicewise = slicewise  # a model trained on 2D images may predict 3D volumes slice by slice
+        self.task = ensemble.config.task  # post steps and report after prediction, if any
+        self._keep_inputs = finishes_predictions(self.task)
         if slicewise and ensemble.image_ndim != 2:
             raise ConfigError(f"slicewise (--slicewise) applies to models trained on 2D images, but {self._model_name()} "
                               f"was trained on {ensemble.image_ndim}D images; leave it out")
@@ -102,7 +108,8 @@ class Predictor:
     # ------------------------------------------------------------------ arrays
     def predict_array(self, image: np.ndarray, geometry: io.Geometry, case_id: str = "case") -> tuple[np.ndarray, np.ndarray]:
         """image (C, *spatial) -> (label (*spatial) uint8/int16, probabilities (K, *spatial) float32)."""
-        return self.finish(self.infer(image, geometry, case_id))
+        label, probabilities, _ = self._finish_case(self.infer(image, geometry, case_id))
+        return label, probabilities
 
     def infer(self, image: np.ndarray, geometry: io.Geometry, case_id: str = "case") -> Inferred:
         """The network part: preprocess, run every member, average their softmax probabilities."""
@@ -115,12 +122,23 @@ class Predictor:
             probabilities = torch.softmax(self._member_logits(member, tensor), dim=0)
             total = probabilities if total is None else total.add_(probabilities)
         total /= len(self.ensemble.members)
-        return Inferred(total.numpy(), properties)
+        return Inferred(total.numpy(), properties, image if self._keep_inputs else None)
 
     def finish(self, inferred: Inferred) -> tuple[np.ndarray, np.ndarray]:
         """The CPU part: restore to the original grid, then argmax and post-processing."""
         probabilities = restore_original(inferred.probabilities, inferred.properties, self.ensemble.config)
         return self._labels(probabilities), probabilities
+
+    def _finish_case(self, inferred) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
+        """`finish`, then the task's post steps and report (None without a task that writes one)."""
+        label, probabilities = self.finish(inferred)
+        if getattr(inferred, "image", None) is None:
+            return label, probabilities, None
+        properties = inferred.properties
+        case = PredictedCase(properties["case_id"], inferred.image, io.Geometry.from_dict(properties["original_geometry"]),
+                             label, dict(self.ensemble.labels))
+        label, report = finish_prediction(self.task, case)
+        return label, probabilities, report
 
     def _member_logits(self, member: Member, data: torch.Tensor) -> torch.Tensor:
         config = member.config
@@ -208,9 +226,11 @@ class Predictor:
 
     def _write(self, inferred: Inferred, geometry: io.Geometry, output_path: Path, save_probabilities: bool) -> Path:
         """Restore and write one case; the label map goes last, so its presence means the case is done."""
-        label, probabilities = self.finish(inferred)
+        label, probabilities, report = self._finish_case(inferred)
         if save_probabilities:
             self._write_probabilities(probabilities_path(output_path), probabilities)
+        if report is not None:
+            task_reports.write_case_report(output_path, report)
         io.write_image(output_path, label, geometry)
         log.info("wrote %s", output_path)
         return output_path
@@ -242,7 +262,11 @@ class Predictor:
             self._check_case(case, targets[case.case_id])
         advance = task(progress, "Predicting", len(cases))
         advance(len(cases) - len(todo))
-        return self._run_cases(todo, targets, save_probabilities, advance)
+        written = self._run_cases(todo, targets, save_probabilities, advance)
+        if self._keep_inputs:
+            summary = task_reports.write_summary(output_dir, [targets[c.case_id] for c in cases])
+            log.info("task reports of %s: %s", self.task.name, summary)
+        return written
 
     def _run_cases(self, cases: list[CaseInput], targets: dict[str, Path], save_probabilities: bool, advance) -> list[Path]:
         written: list[Path] = []

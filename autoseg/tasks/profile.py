@@ -1,0 +1,152 @@
+"""Clinical task profiles: data plus named steps, registered by name; generic code calls the steps.
+
+A plan that names a task (`autoseg plan --task NAME`, or "task" in dataset.json) records it in
+every configuration (`ConfigPlan.task`: the name and its options, fully expanded), so checkpoints
+and exported models carry it and `autoseg predict` needs nothing else. The pipeline then runs:
+
+- `case_steps` inside `preprocess_case`, so training and prediction apply them identically
+  (image (C, *spatial) as read, geometry, options, case id -> image);
+- `raw_augmentations` in the training loader only, on raw intensities before the loader
+  normalizes (options -> a batch transform); a profile with one sets normalize_at "loader";
+- `post_steps` on each predicted label map, then `report`, written per case as JSON and
+  summarized as CSV by the predictor ((PredictedCase, options) -> labels / a flat dict).
+
+Generic code never names a task: it looks the profile up here. Options are a frozen dataclass
+per task whose defaults are the task's defaults; plan.json stores them expanded and they are
+checked against it (unknown keys, types, ranges) wherever the task is used.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from autoseg import schema
+from autoseg.config import NormalizeAt, Plan, TaskPlan
+from autoseg.errors import ConfigError
+from autoseg.io import Geometry
+from autoseg.registry import Registry
+
+LAYOUTS = ("single",)  # one model; "localize-crop-segment" joins when a task needs it
+
+
+@dataclass(frozen=True)
+class PredictedCase:
+    """One predicted case as post steps and reports see it."""
+
+    case_id: str
+    image: np.ndarray  # (C, *spatial), as read
+    geometry: Geometry
+    labels: np.ndarray  # (*spatial) label values on the image's grid
+    label_values: dict[str, int]  # name -> value, background included
+
+
+CaseStep = Callable[[np.ndarray, Geometry, Any, str], np.ndarray]
+RawAugmentation = Callable[[Any], Callable[..., dict]]
+PostStep = Callable[[PredictedCase, Any], np.ndarray]
+Report = Callable[[PredictedCase, Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TaskProfile:
+    name: str  # registered name, e.g. "cervical-lowdose"
+    summary: str  # one line for `autoseg tasks`
+    phantom: str  # the phantom (`autoseg example`) its contract test runs on
+    options: type  # frozen dataclass of the task's options; its defaults are the task's defaults
+    configurations: tuple[str, ...] = ()  # planned by default (empty: the planner's choice)
+    normalize_at: NormalizeAt = "preprocessing"
+    case_steps: tuple[CaseStep, ...] = ()
+    raw_augmentations: tuple[RawAugmentation, ...] = ()
+    model_layout: Literal["single"] = "single"
+    post_steps: tuple[PostStep, ...] = ()
+    report: Report | None = None
+
+    def __post_init__(self) -> None:
+        if self.raw_augmentations and self.normalize_at != "loader":
+            raise ConfigError(f"task '{self.name}': raw-intensity augmentations need normalize_at='loader', "
+                              f"found '{self.normalize_at}'")
+        if self.model_layout not in LAYOUTS:
+            raise ConfigError(f"task '{self.name}': model layout '{self.model_layout}' is not supported; known: {LAYOUTS}")
+        if not dataclasses.is_dataclass(self.options):
+            raise ConfigError(f"task '{self.name}': options must be a dataclass type, found {self.options!r}")
+
+    @property
+    def finishes_predictions(self) -> bool:
+        return bool(self.post_steps) or self.report is not None
+
+
+TASKS: Registry = Registry("task")
+
+
+def register(profile: TaskProfile) -> TaskProfile:
+    return TASKS.register(profile.name)(profile)
+
+
+# ---------------------------------------------------------------- choosing a task
+def task_plan(name: str, options: dict[str, Any] | None = None, where: str = "task options") -> TaskPlan:
+    """The task as a plan records it: its name and every option (defaults filled in), checked."""
+    profile = TASKS.get(name)
+    return TaskPlan(name, schema.to_dict(parse_options(profile, options or {}, where)))
+
+
+def parse_options(profile: TaskProfile, data: Any, where: str) -> Any:
+    try:
+        return schema.from_dict(profile.options, data, where=where, error=ConfigError)
+    except TypeError as exc:  # a value the options' __post_init__ could not handle
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def resolve(task: TaskPlan) -> tuple[TaskProfile, Any]:
+    """The registered profile of a recorded task and its options, checked."""
+    profile = TASKS.get(task.name)
+    return profile, parse_options(profile, task.options, f"task '{task.name}' options")
+
+
+def apply_task(plan: Plan, task: TaskPlan | None) -> Plan:
+    """`plan` with every configuration carrying out `task` (None: unchanged)."""
+    if task is None:
+        return plan
+    profile, _ = resolve(task)
+    configurations = {name: dataclasses.replace(config, task=task, normalize_at=profile.normalize_at)
+                      for name, config in plan.configurations.items()}
+    return dataclasses.replace(plan, configurations=configurations)
+
+
+def task_of(plan: Plan) -> TaskPlan | None:
+    """The task a plan carries out (its configurations agree; the first one answers)."""
+    return next(iter(plan.configurations.values())).task if plan.configurations else None
+
+
+# ---------------------------------------------------------------- steps, as generic code calls them
+def run_case_steps(task: TaskPlan | None, image: np.ndarray, geometry: Geometry, case_id: str) -> np.ndarray:
+    if task is None:
+        return image
+    profile, options = resolve(task)
+    for step in profile.case_steps:
+        image = step(image, geometry, options, case_id)
+    return image
+
+
+def raw_augmentations(task: TaskPlan | None) -> list[Callable[..., dict]]:
+    """The task's training-only batch transforms on raw intensities (before the loader normalizes)."""
+    if task is None:
+        return []
+    profile, options = resolve(task)
+    return [make(options) for make in profile.raw_augmentations]
+
+
+def finishes_predictions(task: TaskPlan | None) -> bool:
+    return task is not None and resolve(task)[0].finishes_predictions
+
+
+def finish_prediction(task: TaskPlan | None, case: PredictedCase) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """Post steps, then the report: the final label map and the case's report (None without one)."""
+    if task is None:
+        return case.labels, None
+    profile, options = resolve(task)
+    for step in profile.post_steps:
+        case = dataclasses.replace(case, labels=step(case, options))
+    report = profile.report(case, options) if profile.report else None
+    return case.labels, ({"case_id": case.case_id, "task": task.name, **report} if report is not None else None)
