@@ -43,29 +43,82 @@ def plan(
     progress: ProgressFactory | None = None,
     time_budget_s: float | None = None,
     device: str = "auto",
+    task: str | None = None,
+    task_options: dict | None = None,
 ) -> tuple[Plan, Path]:
     """Validate, fingerprint and plan a dataset; writes fingerprint.json and plan.json.
 
     With `time_budget_s` every configuration is sized to learn the most within that training time on
     `device` (step times measured here, cached in the workdir; see planners/time_budget.py).
+    `task` (a registered clinical task, see `tasks()`; else dataset.json's "task", if any) is
+    recorded in every configuration, with its default configurations unless `configs` are given.
     Nothing is written unless validation passes. Returns the plan and the plan.json path.
     """
     from autoseg.planners import plan_dataset
+    from autoseg.tasks import apply_task, task_plan
     from autoseg.workdir import check_folder
 
     wd = Workdir.at(workdir)
     check_folder(wd.root, "workdir (--workdir)")  # before the work whose results it must hold
+    chosen = task_plan(task, task_options, "--task options") if task is not None else None
     dataset = validate(dataset_dir, workers=workers, progress=progress)
+    chosen = chosen or _dataset_task(dataset)
+    if chosen is not None and not configs:
+        from autoseg.tasks import TASKS
+
+        configs = list(TASKS.get(chosen.name).configurations) or None
     facts = fingerprint(dataset, workers=workers, progress=progress)
     decided = plan_dataset(facts, gpu_memory_gb=gpu_memory_gb, configs=configs, network=network)
     if time_budget_s is not None:
         from autoseg.planners.budget_setup import plan_for_budget
 
         decided = plan_for_budget(decided, facts, time_budget_s, device, gpu_memory_gb, wd.step_time_cache, network)
+    decided = apply_task(decided, chosen)
     schema.write_json_atomic(wd.fingerprint_path(dataset.name), facts)
     path = schema.write_json_atomic(wd.plan_path(dataset.name), decided)
     log.info("plan written to %s", path)
     return decided, path
+
+
+def _dataset_task(dataset: Dataset):
+    """The task dataset.json names, checked (an unknown name or option names the file)."""
+    from autoseg.errors import ConfigError, RegistryError
+    from autoseg.tasks import task_plan
+
+    if dataset.task is None:
+        return None
+    where = f"{dataset.root / 'dataset.json'}: task"
+    try:
+        return task_plan(dataset.task["name"], dataset.task["options"], f"{where} options")
+    except RegistryError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def tasks() -> list:
+    """Every registered clinical task profile (autoseg/tasks), by name."""
+    from autoseg.tasks import TASKS
+
+    return [TASKS.get(name) for name in TASKS.names()]
+
+
+def simulate_dose(input_dir: str | Path, out_dir: str | Path, doses: Sequence[float], seed: int = 0, protocol=None,
+                  progress: ProgressFactory | None = None):
+    """Reduced-dose copies of a dataset folder or image folder, one folder per dose, with
+    dose_quality.csv (PSNR/SSIM per image) and dose_quality_summary.csv; see autoseg/tasks/dose_study.py."""
+    from autoseg.tasks.dose_study import simulate_dataset
+
+    return simulate_dataset(input_dir, out_dir, doses, seed, protocol, progress)
+
+
+def evaluate_dose(models: Sequence[str | Path], images_dir: str | Path, labels_dir: str | Path, out_dir: str | Path,
+                  doses: Sequence[float] | None = None, seed: int = 0, device: str = "auto", tta: bool = True,
+                  progress: ProgressFactory | None = None):
+    """Dice/IoU per simulated dose group beside PSNR/SSIM, with a Wilcoxon test against full dose;
+    writes dose_summary.json/.csv, dose_cases.csv and dose_curve.png (autoseg/tasks/dose_evaluation.py)."""
+    from autoseg.tasks.dose_evaluation import DEFAULT_DOSES
+    from autoseg.tasks.dose_evaluation import evaluate_dose as run
+
+    return run(models, images_dir, labels_dir, out_dir, doses or DEFAULT_DOSES, seed, device, tta, progress)
 
 
 def example(name: str, out_dir: str | Path, cases: int | None = None, seed: int = 0, overwrite: bool = False, **size_options) -> Path:

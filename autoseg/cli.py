@@ -96,6 +96,7 @@ def plan(
     workers: int = WorkersOption,
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Size the plan to learn the most in this much training time on --device, e.g. 30m (step times are measured here)"),
     device: str = typer.Option("auto", "--device", help="With --time-budget: the device that will train (auto, cpu, cuda, cuda:N)"),
+    task: Optional[str] = typer.Option(None, "--task", help="Clinical task profile (`autoseg tasks`), recorded in the plan [default: dataset.json's \"task\", if any]"),
 ) -> None:
     """Validate, fingerprint and plan a dataset; print the plan of every configuration."""
     from autoseg import api
@@ -106,7 +107,7 @@ def plan(
         budget_s = parse_duration(time_budget) if time_budget else None
         with _progress() as progress:
             decided, path = api.plan(dataset, workdir, gpu_memory_gb, configs, network, workers, progress,
-                                     time_budget_s=budget_s, device=device)
+                                     time_budget_s=budget_s, device=device, task=task)
     out.print(plan_table(decided))
     for line in budget_reasons(decided):
         out.print(line, highlight=False)
@@ -380,3 +381,6 @@ def export_onnx(
         result = api.export_onnx(model, output, opset, check, tolerance, overwrite)
     checked = "not checked" if result["max_abs_diff"] is None else f"max |ONNX - PyTorch| = {result['max_abs_diff']:.2e}"
     out.print(f"wrote [bold]{result['path']}[/] (input {result['input_shape']}, batch dynamic; opset {result['opset']}; {checked})")
+
+
+from autoseg import cli_tasks  # noqa: E402,F401  (registers tasks, simulate-dose, evaluate-dose on `app`)

@@ -16,7 +16,9 @@ def plan_table(plan: Plan) -> Table:
     plan adds what it measured and expects."""
     budgeted = [c.budget for c in plan.configurations.values() if c.budget]
     sized_for = f"{budgeted[0].time_budget_s / 60:g} min of training on {budgeted[0].device}" if budgeted else f"{plan.gpu_memory_gb:g} GB budget"
-    table = Table(title=f"{plan.dataset_name}: plan ({sized_for})", box=box.SIMPLE_HEAD)
+    tasks = sorted({c.task.name for c in plan.configurations.values() if c.task})
+    for_task = f", task {', '.join(tasks)}" if tasks else ""
+    table = Table(title=f"{plan.dataset_name}: plan ({sized_for}{for_task})", box=box.SIMPLE_HEAD)
     table.add_column("")
     for name in plan.configurations:
         table.add_column(name, no_wrap=True)
@@ -27,6 +29,7 @@ def plan_table(plan: Plan) -> Table:
     for cfg in plan.configurations.values():
         pools = [sum(1 for s in cfg.network.strides if s[a] > 1) for a in range(len(cfg.patch_size))]
         norm = ", ".join(sorted({n.scheme + ("+mask" if n.use_mask else "") for n in cfg.normalization}))
+        norm += " (in loader)" if cfg.normalize_at == "loader" else ""
         values = [_fmt(cfg.spacing), _fmt(cfg.median_shape), _fmt(cfg.patch_size), str(cfg.batch_size), str(cfg.network.num_stages),
                   f"{cfg.network.features[0]}..{cfg.network.features[-1]}", _fmt(pools), norm, f"{cfg.estimated_memory_gb:.1f} GB"]
         if budgeted:
@@ -84,3 +87,35 @@ def crossval_table(summary: dict) -> Table:
     for name, values in summary["mean_per_class"].items():
         table.add_row(name, _number(values.get("dice")), str(values.get("cases", "")))
     return table
+
+
+def dose_quality_table(summary: list[dict]) -> Table:
+    """simulate-dose: mean (SD) PSNR and SSIM of the simulated images per dose."""
+    table = Table(title="simulated images against their originals")
+    for column in ("dose", "images", "PSNR (dB)", "SSIM"):
+        table.add_column(column, justify="right")
+    for row in summary:
+        table.add_row(f"{row['dose']:g}", str(row["n"]), _mean_sd(row["psnr_db_mean"], row["psnr_db_sd"], 2),
+                      _mean_sd(row["ssim_mean"], row["ssim_sd"], 3))
+    return table
+
+
+def dose_evaluation_table(groups: list[dict]) -> Table:
+    """evaluate-dose: per dose group Dice and IoU (mean +- SD), image quality and the Wilcoxon p against full dose."""
+    table = Table(title="segmentation per dose group (p: paired Wilcoxon of per-image Dice against full dose)")
+    for column in ("dose", "images", "Dice", "IoU", "PSNR (dB)", "SSIM", "p"):
+        table.add_column(column, justify="right")
+    for g in groups:
+        psnr = "inf" if g["psnr_db_mean"] is None else f"{g['psnr_db_mean']:.2f}"
+        p = "-" if g["wilcoxon_p"] is None else f"{g['wilcoxon_p']:.3g}"
+        table.add_row(f"{g['dose']:g}", str(g["n"]), _mean_sd(g["dice_mean"], g["dice_sd"], 4),
+                      _mean_sd(g["iou_mean"], g["iou_sd"], 4), psnr, f"{g['ssim_mean']:.3f}", p)
+    return table
+
+
+def _mean_sd(mean: float, sd: float, digits: int) -> str:
+    if mean is None or mean != mean:
+        return "-"
+    if mean == float("inf"):
+        return "inf"
+    return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd == sd else "")
