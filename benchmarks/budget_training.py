@@ -61,35 +61,35 @@ def main() -> None:
 
 def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, work: Path) -> dict:
     from autoseg import api, schema
+    from autoseg.config import load_plan
     from autoseg.trainers.schedule import parse_duration
     from autoseg.trainers.splits import fold_cases
     from autoseg.dataset import load_dataset
 
     budget_s = parse_duration(budget)
     workdir = work / f"{variant}_{budget}"
-    started = time.monotonic()
-    plan, plan_path = api.plan(dataset, workdir, configs=[config], time_budget_s=None if variant == "default" else budget_s,
-                               device="cpu")
-    if variant == "budget-all-mirrors":
-        every_axis = replace(plan.config(config), mirror_axes=tuple(range(len(plan.config(config).patch_size))))
-        plan = replace(plan, configurations={**plan.configurations, config: every_axis})
-        schema.write_json_atomic(plan_path, plan)
-    plan_s = time.monotonic() - started
-    run = api.train(dataset, config, fold, workdir, time_budget_s=budget_s, device="cpu")
-    train_wall_s = time.monotonic() - started - plan_s
     ds = load_dataset(dataset)
+    run = workdir / "runs" / ds.name / config / f"fold_{fold}"
+    if _finished(run):  # a row whose scoring failed is scored again, not retrained
+        plan, plan_s, train_wall_s = load_plan(workdir / "plans" / ds.name / "plan.json"), None, None
+    else:
+        started = time.monotonic()
+        plan = _plan(dataset, workdir, config, variant, budget_s)
+        plan_s = time.monotonic() - started
+        api.train(dataset, config, fold, workdir, time_budget_s=budget_s, device="cpu")
+        train_wall_s = time.monotonic() - started - plan_s
     _, val_ids = fold_cases(ds, workdir / "plans" / ds.name / "splits.json", fold)
     images = [c.images[0] for c in ds.cases if c.case_id in set(val_ids)]
     predictions = workdir / "predictions"
     t0 = time.monotonic()
-    api.predict_folder(images, predictions, [run], device="cpu")
+    api.predict_folder(images, predictions, [run], device="cpu", skip_existing=True)
     predict_s = time.monotonic() - t0
     summary = api.evaluate(predictions, dataset / "labelsTr", only_predicted=True)
     record = schema.read_json(run / "run.json")
     cfg = plan.config(config)
     return {
         "variant": variant, "budget": budget, "dataset": ds.name, "config": config, "fold": fold,
-        "val_cases": len(images), "plan_s": round(plan_s, 1), "train_wall_s": round(train_wall_s, 1),
+        "val_cases": len(images), "plan_s": plan_s and round(plan_s, 1), "train_wall_s": train_wall_s and round(train_wall_s, 1),
         "predict_s_per_case": round(predict_s / max(len(images), 1), 2),
         "spacing": cfg.spacing, "patch": cfg.patch_size, "batch": cfg.batch_size, "features": cfg.network.features[0],
         "mirror_axes": cfg.mirror_axes,
@@ -99,6 +99,22 @@ def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, wo
         "mean_foreground_dice": summary.mean_foreground_dice,
         "dice_per_class": {name: values.get("dice") for name, values in summary.mean_per_class.items()},
     }
+
+
+def _plan(dataset: Path, workdir: Path, config: str, variant: str, budget_s: float):
+    from autoseg import api, schema
+
+    plan, path = api.plan(dataset, workdir, configs=[config], time_budget_s=None if variant == "default" else budget_s,
+                          device="cpu")
+    if variant == "budget-all-mirrors":
+        every_axis = replace(plan.config(config), mirror_axes=tuple(range(len(plan.config(config).patch_size))))
+        plan = replace(plan, configurations={**plan.configurations, config: every_axis})
+        schema.write_json_atomic(path, plan)
+    return plan
+
+
+def _finished(run: Path) -> bool:
+    return (run / "run.json").is_file() and json.loads((run / "run.json").read_text()).get("status") == "finished"
 
 
 def _summary_line(row: dict) -> dict:
