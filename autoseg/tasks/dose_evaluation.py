@@ -14,11 +14,12 @@ Outputs in OUT_DIR: dose_<f>/images and dose_<f>/predictions, dose_summary.json,
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -108,10 +109,22 @@ def evaluate_dose(models: Sequence[str | Path], images_dir: str | Path, labels_d
     protocol = protocol_for(predictor.ensemble.config)
     labels = {name: value for name, value in predictor.ensemble.labels.items() if value != 0}
     advance = task(progress, "Simulating, predicting, scoring", len(pairs) * len(doses))
-    rows = [row for dose in doses
-            for row in _evaluate_group(predictor, pairs, dose, out_dir / f"dose_{dose:g}", seed, protocol, labels, advance)]
+    with _quiet("autoseg.inference.predictor"):  # a "wrote" line per image and dose would bury the progress
+        rows = [row for dose in doses
+                for row in _evaluate_group(predictor, pairs, dose, out_dir / f"dose_{dose:g}", seed, protocol, labels, advance)]
     groups = summarize(rows, doses, labels)
     return _write_outputs(out_dir, rows, groups, models, images_dir, labels_dir, seed, protocol)
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _evaluate_group(predictor, pairs, dose: float, folder: Path, seed: int, protocol: LowDoseProtocol,
