@@ -79,7 +79,7 @@ def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, wo
         api.train(dataset, config, fold, workdir, time_budget_s=budget_s, device="cpu")
         train_wall_s = time.monotonic() - started - plan_s
     _, val_ids = fold_cases(ds, workdir / "plans" / ds.name / "splits.json", fold)
-    images = [c.images[0] for c in ds.cases if c.case_id in set(val_ids)]
+    images = _validation_folder(ds, val_ids, workdir / "validation_images")
     predictions = workdir / "predictions"
     t0 = time.monotonic()
     api.predict_folder(images, predictions, [run], device="cpu", skip_existing=True)
@@ -89,8 +89,8 @@ def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, wo
     cfg = plan.config(config)
     return {
         "variant": variant, "budget": budget, "dataset": ds.name, "config": config, "fold": fold,
-        "val_cases": len(images), "plan_s": plan_s and round(plan_s, 1), "train_wall_s": train_wall_s and round(train_wall_s, 1),
-        "predict_s_per_case": round(predict_s / max(len(images), 1), 2),
+        "val_cases": len(val_ids), "plan_s": plan_s and round(plan_s, 1), "train_wall_s": train_wall_s and round(train_wall_s, 1),
+        "predict_s_per_case": round(predict_s / max(len(val_ids), 1), 2),
         "spacing": cfg.spacing, "patch": cfg.patch_size, "batch": cfg.batch_size, "features": cfg.network.features[0],
         "mirror_axes": cfg.mirror_axes,
         "precision": cfg.budget.precision if cfg.budget else "fp32 (auto)",
@@ -111,6 +111,18 @@ def _plan(dataset: Path, workdir: Path, config: str, variant: str, budget_s: flo
         plan = replace(plan, configurations={**plan.configurations, config: every_axis})
         schema.write_json_atomic(path, plan)
     return plan
+
+
+def _validation_folder(ds, val_ids, folder: Path) -> Path:
+    """The fold's validation images as a folder in nnU-Net naming (links), so predictions are named by case."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for case in ds.cases:
+        if case.case_id in set(val_ids):
+            for image in case.images:
+                link = folder / image.name
+                if not link.exists():
+                    link.symlink_to(image.resolve())
+    return folder
 
 
 def _finished(run: Path) -> bool:
