@@ -150,9 +150,9 @@ def _append_markdown(rows: list[dict], args) -> None:
                      f"| {r['elapsed_s'] / 60:.1f} "
                      f"| {r['expected_iterations'] or '-'} | {_fmt(r['mean_foreground_dice'])} | "
                      + " | ".join(_fmt(r["dice_per_class"][c]) for c in classes) + " |")
-    lines.append("\nTime to Dice (validation pseudo-Dice, EMA, at minutes of training):\n")
+    lines.append("\nTime to Dice (mean validation pseudo-Dice of the epoch ending at that minute of training):\n")
     for r in rows:
-        curve = ", ".join(f"{p['minutes']:.0f}': {p['ema_dice']:.2f}" for p in r.get("time_to_dice") or [])
+        curve = ", ".join(f"{p['minutes']:.0f}': {p['pseudo_dice']:.2f}" for p in r.get("time_to_dice") or [])
         lines.append(f"- {r['variant']} {r['budget']}: {curve}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as handle:
