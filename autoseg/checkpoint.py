@@ -1,8 +1,9 @@
 """Checkpoint files: written atomically, self-describing, loadable without any training code.
 
 A checkpoint carries the network's registered name and NetworkPlan, the configuration plan (for
-preprocessing at prediction time), the label names, the training images' dimensionality and
-channel names, so the predictor needs nothing else. Training state (optimizer, scaler, RNG,
+preprocessing at prediction time; it names the clinical task and its options, if the plan has
+one), the label names, the training images' dimensionality and channel names, so the predictor
+needs nothing else. Training state (optimizer, scaler, RNG,
 progress) rides along under "training" and is ignored by prediction.
 
 Checkpoints are data, never code: they hold only tensors and plain Python values and are read
