@@ -199,6 +199,7 @@ def train(
     from autoseg.dataset import load_dataset
     from autoseg.devices import resolve_device, resolve_precision
     from autoseg.registry import TRAINERS
+    from autoseg.trainers.distributed import joined
     from autoseg.trainers.run_folder import check_not_in_use, check_run_cases, run_lock, run_log
     from autoseg.trainers.splits import fold_cases
 
@@ -208,19 +209,24 @@ def train(
     train_config = TrainConfig(dataset_name=dataset.name, config=config, fold=str(fold), **options)
     trainer_cls = TRAINERS.get(train_config.trainer)
     resolve_precision(train_config.precision, resolve_device(train_config.device))  # e.g. cuda without a GPU
-    train_ids, val_ids = fold_cases(dataset, wd.splits_path(dataset.name), str(fold), num_folds, group_by, rebuild_splits)
-    run = Path(run_dir) if run_dir else wd.run_dir(dataset.name, config, fold)
-    check_not_in_use(run)  # at once, not after preprocessing
-    if resume:
-        check_run_cases(run, train_ids, val_ids)
-    workers = max(1, train_config.workers)  # process pools; the loader itself may run in-process (0)
-    dataset, decided, folder = _prepare(dataset_dir, config, wd, workers, progress,
-                                        time_budget_s=train_config.time_budget_s, device=train_config.device)
-    train_config = _with_planned_budget(train_config, decided.config(config))
-    with run_lock(run), run_log(run):
-        sweep_stale_temporaries(run)
-        trainer = trainer_cls(decided, decided.config(config), train_config, folder, run, train_ids, val_ids, on_event)
-        trainer.fit(resume=resume)
+    with joined(train_config.device) as ranks:  # the ranks torchrun started train together; else one process
+        with ranks.main_first():  # rank 0 alone checks the run folder and writes splits, plan, preprocessed data
+            train_ids, val_ids = fold_cases(dataset, wd.splits_path(dataset.name), str(fold), num_folds, group_by, rebuild_splits)
+            run = Path(run_dir) if run_dir else wd.run_dir(dataset.name, config, fold)
+            if ranks.is_main:
+                check_not_in_use(run)  # at once, not after preprocessing
+                if resume:
+                    check_run_cases(run, train_ids, val_ids)
+            workers = max(1, train_config.workers)  # process pools; the loader itself may run in-process (0)
+            dataset, decided, folder = _prepare(dataset_dir, config, wd, workers, progress if ranks.is_main else None,
+                                                time_budget_s=train_config.time_budget_s, device=train_config.device)
+        train_config = _with_planned_budget(train_config, decided.config(config))
+        with ranks.main_only(run_lock(run)), ranks.main_only(run_log(run)):  # the run folder is rank 0's
+            if ranks.is_main:
+                sweep_stale_temporaries(run)
+            trainer = trainer_cls(decided, decided.config(config), train_config, folder, run, train_ids, val_ids,
+                                  on_event if ranks.is_main else None, dist=ranks)
+            trainer.fit(resume=resume)
     return run
 
 

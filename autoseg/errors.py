@@ -37,3 +37,7 @@ class CheckpointError(AutosegError):
 
 class PreprocessingError(AutosegError):
     """A preprocessed case is missing or corrupt."""
+
+
+class DistributedError(AutosegError):
+    """A data-parallel run could not start, or its ranks lost contact (another rank failed or hung)."""

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from autoseg import schema
-from autoseg.checkpoint import BEST, FINAL, LATEST
+from autoseg.checkpoint import BEST, FINAL, LATEST, load_checkpoint
 from autoseg.config import RESUMABLE_CHANGES, TrainConfig
 from autoseg.errors import CheckpointError, ConfigError
 
@@ -57,6 +57,32 @@ def write_run_json(run_dir: Path, options: TrainConfig, plan_hash: str, train_id
         **extra,
     }
     return schema.write_json_atomic(run_dir / "run.json", document)
+
+
+def newest_resumable_checkpoint(run_dir: Path) -> tuple[Path, dict]:
+    """latest, or best when written after it: both carry the full training state of an epoch's end
+    (a run killed before its first periodic checkpoint still resumes from its first best). A
+    damaged newer one falls back to the other, with a warning. Returns the path and its payload,
+    read onto the CPU (it may be sent to other ranks; loading the state moves it to the model)."""
+    candidates = [p for p in (checkpoint_path(run_dir, "latest"), checkpoint_path(run_dir, "best")) if p.is_file()]
+    if not candidates:
+        raise ConfigError(f"{checkpoint_path(run_dir, 'latest')}: no checkpoint to resume from (runs save one "
+                          "every checkpoint_every epochs, at each new best and when interrupted); start without --resume")
+    problems = []
+    for path in sorted(candidates, key=lambda p: p.stat().st_mtime_ns, reverse=True):  # ties keep latest
+        try:
+            payload = load_checkpoint(path, map_location="cpu", with_training=True)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            continue
+        if "training" not in payload:
+            problems.append(f"{path}: holds no training state (a prediction-only checkpoint)")
+            continue
+        for problem in problems:
+            log.warning("%s; resuming from %s instead", problem, path.name)
+        return path, payload
+    raise CheckpointError(f"{run_dir}: no intact checkpoint to resume from:\n  - " + "\n  - ".join(problems)
+                          + "\nstart the run again without --resume")
 
 
 def check_resumable(saved: dict, options: TrainConfig, saved_plan_hash: str, plan_hash: str, checkpoint: Path) -> None:

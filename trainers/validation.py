@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from autoseg.trainers.distributed import Single
 from autoseg.trainers.precision import Precision
 
 
@@ -24,8 +25,11 @@ def dice_from_confusion(confusion: np.ndarray) -> np.ndarray:
 
 
 @torch.inference_mode()
-def pseudo_dice(model, loader, iterations: int, loss_fn, precision: Precision, num_classes: int) -> tuple[float, np.ndarray]:
-    """Mean loss and per-class Dice over `iterations` validation batches (full-resolution output)."""
+def pseudo_dice(model, loader, iterations: int, loss_fn, precision: Precision, num_classes: int,
+                ranks: Single | None = None) -> tuple[float, np.ndarray]:
+    """Mean loss and per-class Dice over `iterations` validation batches (full-resolution output);
+    with several ranks, each validates its own batches and the counts are summed over all."""
+    ranks = ranks or Single()
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     losses = []
@@ -39,4 +43,4 @@ def pseudo_dice(model, loader, iterations: int, loss_fn, precision: Precision, n
         logits = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
         confusion += confusion_counts(logits.argmax(1).cpu(), targets[0][:, 0].cpu(), num_classes)
     model.train()
-    return float(np.mean(losses)), dice_from_confusion(confusion.numpy())
+    return ranks.mean(float(np.mean(losses))), dice_from_confusion(ranks.sum(confusion).numpy())
