@@ -244,16 +244,18 @@ def _with_planned_budget(options, config_plan):
 def cross_validate(dataset_dir: str | Path, config: str, folds: Sequence[str] | None = None,
                    workdir: str | Path | None = None, num_folds: int | None = None, group_by: str | None = None,
                    progress: ProgressFactory | None = None, on_event=None, rebuild_splits: bool = False,
-                   **options) -> Path:
+                   parallel: int = 1, devices: Sequence[str] = (), **options) -> Path:
     """Train every fold (or `folds`) in turn, resumably, then predict each fold's validation cases and
     write <config>/crossval/crossval.json. Folds come from the dataset's splits_final.json, else groups
     (dataset.json "groups" or the `group_by` regex on case ids), else seeded `num_folds`-fold splits
     (5 unless given), recorded in the workdir; options that disagree with recorded folds are refused
-    unless `rebuild_splits`. Every requested fold is checked before the first one trains."""
+    unless `rebuild_splits`. Every requested fold is checked before the first one trains.
+    `parallel` > 1 trains that many folds at once, each in its own process, on `devices` in turn
+    (default: the `device` option, the CPU cores split between the folds)."""
     from autoseg.crossval import cross_validate as run
 
     return run(dataset_dir, config, folds, workdir, num_folds, group_by, progress, on_event,
-               rebuild_splits=rebuild_splits, **options)
+               rebuild_splits=rebuild_splits, parallel=parallel, devices=devices, **options)
 
 
 def resolve_models(models: Sequence[str | Path] = (), dataset: str | None = None, config: str | None = None,

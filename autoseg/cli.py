@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Iterator, List, NoReturn, Optional
 
@@ -51,8 +53,13 @@ def _user_errors() -> Iterator[None]:
 
 
 def _error(message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # long paths stay whole
+    rank = f"rank {os.environ.get('RANK')}: " if _under_torchrun() else ""  # every rank reports its own error
+    console.print(f"[bold red]error:[/] {rank}{escape(message)}", highlight=False, soft_wrap=True)  # long paths stay whole
     raise typer.Exit(EXIT_PROBLEM) from None
+
+
+def _under_torchrun() -> bool:
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "1")
 
 
 def _os_error_message(exc: OSError) -> str:
@@ -173,6 +180,9 @@ def train(
     checkpoint_every: int = typer.Option(5, "--checkpoint-every", help="Epochs between 'latest' checkpoints"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint (cross-validation resumes by itself)"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder [default: <workdir>/runs/<dataset>/<config>/fold_<k>]"),
+    nproc: int = typer.Option(1, "--nproc", help="Data-parallel training on N processes of this machine (one GPU each on CUDA; they split the plan's batch); starts torchrun for you"),
+    parallel: int = typer.Option(1, "--parallel", help="Cross-validation: train up to N folds at once, each in its own process"),
+    devices: Optional[str] = typer.Option(None, "--devices", help="With --parallel: devices the folds take in turn, e.g. cuda:0,cuda:1 [default: --device]"),
 ) -> None:
     """Train a U-Net for one configuration: one fold, or every fold in turn (preprocessing first when needed)."""
     from autoseg import api
@@ -186,6 +196,12 @@ def train(
         if folds is not None and fold not in (None, "all"):
             raise ConfigError(f"--folds goes with FOLD 'all' or no FOLD, not '{fold}'")
         fold_names = _split_folds(folds)
+        _check_scale_out(nproc, parallel, devices, cross_validation)
+        if nproc > 1:
+            from autoseg.trainers.launch import check_launch, launch
+
+            check_launch(nproc, device, batch_size)
+            raise typer.Exit(launch(nproc, sys.argv[1:]))
         options = dict(
             epochs=epochs, iters_per_epoch=iters_per_epoch, val_iters=val_iters, early_stop=early_stop, lr=lr,
             time_budget_s=parse_duration(time_budget) if time_budget is not None else None, batch_size=batch_size,
@@ -196,15 +212,38 @@ def train(
             if cross_validation:
                 result = api.cross_validate(dataset, config, fold_names, workdir, num_folds, group_by,
                                             progress=progress, on_event=display.update, rebuild_splits=rebuild_splits,
-                                            **options)
+                                            parallel=parallel, devices=_split_devices(devices), **options)
             else:
                 result = api.train(dataset, config, fold, workdir, resume=resume, run_dir=run_dir, progress=progress,
                                    on_event=display.update, num_folds=num_folds, group_by=group_by,
                                    rebuild_splits=rebuild_splits, **options)
+    if _under_torchrun() and os.environ.get("RANK") != "0":  # rank 0 reports for all
+        return
     if cross_validation:
         _print_crossval(result)
     else:
         out.print(f"run folder: [bold]{result}[/] (checkpoints, run.json, progress.png, train.log)")
+
+
+def _check_scale_out(nproc: int, parallel: int, devices: Optional[str], cross_validation: bool) -> None:
+    if nproc < 1:
+        raise ConfigError(f"--nproc: expected a number of processes >= 1, found {nproc}")
+    if parallel < 1:
+        raise ConfigError(f"--parallel: expected a number of folds >= 1, found {parallel}")
+    if parallel > 1 and not cross_validation:
+        raise ConfigError("--parallel trains cross-validation folds at once: use it with FOLD 'all' or --folds")
+    if parallel > 1 and nproc > 1:
+        raise ConfigError("--parallel and --nproc together: train folds side by side (--parallel) or each fold on "
+                          "several processes (--nproc), not both")
+    if devices is not None and parallel == 1:
+        raise ConfigError("--devices names the devices of --parallel folds; pass --parallel N too (or --device for one run)")
+
+
+def _split_devices(devices: Optional[str]) -> list[str]:
+    names = [d.strip() for d in devices.split(",")] if devices is not None else []
+    if not all(names):
+        raise ConfigError(f"--devices '{devices}': expected devices separated by commas, e.g. cuda:0,cuda:1; found an empty one")
+    return names
 
 
 def _print_crossval(folder: Path) -> None:

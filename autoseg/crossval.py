@@ -6,10 +6,14 @@
 
 Re-running the same command continues: finished folds are skipped, interrupted ones resume from
 their last checkpoint. `autoseg find-best` reads the crossval folders of every configuration.
+With `parallel` > 1 up to that many folds train at once, each in its own process
+(trainers/parallel_folds.py); under torchrun every fold trains on all ranks, and rank 0 alone
+predicts and summarises.
 """
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -40,25 +44,50 @@ def cross_validate(
     progress: ProgressFactory | None = None,
     on_event=None,
     rebuild_splits: bool = False,
+    parallel: int = 1,
+    devices: Sequence[str] = (),
     **options,
 ) -> Path:
     """Train `folds` (default: every fold) of `config`, predict each fold's validation cases with its
-    final checkpoint, and write crossval.json. Returns the crossval folder.
+    final checkpoint, and write crossval.json. Returns the crossval folder. `parallel`: folds
+    trained at once, on `devices` in turn (default: options' device, CPU threads split between them).
 
     Options, folds and the runs already there are checked before the first fold trains."""
-    wd, dataset = Workdir.at(workdir), load_dataset(dataset_dir)
-    TrainConfig(dataset_name=dataset.name, config=config, fold="0", **options)  # refuses invalid options now
-    splits = splits_for(dataset, wd.splits_path(dataset.name), num_folds, group_by, rebuild_splits)
-    wanted = requested_folds(folds, splits, [c.case_id for c in dataset.cases])
-    for k, split in enumerate(splits):  # after --rebuild-splits, runs of the old folds must not be mixed in
-        check_run_cases(wd.run_dir(dataset.name, config, k), split["train"], split["val"])
-    out = crossval_dir(wd, dataset.name, config)
-    for fold in wanted:
-        log.info("cross-validation of %s: fold %s of %d", config, fold, len(splits))
-        run, trained_now = _train_fold(dataset, config, fold, wd, num_folds, group_by, progress, on_event, options)
-        val_ids = splits[int(fold)]["val"]
-        _predict_out_of_fold(run, dataset, val_ids, out / "predictions", not trained_now, options, progress)
-    return _summarise(dataset, config, splits, wd, out)
+    from autoseg.trainers.distributed import joined
+
+    with joined(options.get("device", "auto")) as ranks:
+        with ranks.main_first():  # rank 0 writes the splits
+            wd, dataset = Workdir.at(workdir), load_dataset(dataset_dir)
+            TrainConfig(dataset_name=dataset.name, config=config, fold="0", **options)  # refuses invalid options now
+            _check_parallel(parallel, devices, ranks.world_size)
+            splits = splits_for(dataset, wd.splits_path(dataset.name), num_folds, group_by, rebuild_splits)
+            wanted = requested_folds(folds, splits, [c.case_id for c in dataset.cases])
+            for k, split in enumerate(splits):  # after --rebuild-splits, runs of the old folds must not be mixed in
+                check_run_cases(wd.run_dir(dataset.name, config, k), split["train"], split["val"])
+        out = crossval_dir(wd, dataset.name, config)
+        if parallel > 1:
+            trained = _train_in_parallel(dataset, config, wanted, wd, num_folds, group_by, progress, on_event, parallel,
+                                         devices, options)
+        for fold in wanted:
+            if parallel > 1:
+                run, trained_now = wd.run_dir(dataset.name, config, fold), fold in trained
+            else:
+                log.info("cross-validation of %s: fold %s of %d", config, fold, len(splits))
+                run, trained_now = _train_fold(dataset, config, fold, wd, num_folds, group_by, progress, on_event, options, ranks)
+            ranks.on_main(partial(_predict_out_of_fold, run, dataset, splits[int(fold)]["val"], out / "predictions",
+                                  not trained_now, options, progress))
+        return ranks.on_main(partial(_summarise, dataset, config, splits, wd, out))
+
+
+def _check_parallel(parallel: int, devices: Sequence[str], ranks: int) -> None:
+    from autoseg.devices import resolve_device
+
+    if parallel < 1:
+        raise ConfigError(f"--parallel: expected a number of folds >= 1, found {parallel}")
+    if parallel > 1 and ranks > 1:
+        raise ConfigError("--parallel under torchrun: every fold already trains on all ranks; drop --parallel")
+    for device in devices:
+        resolve_device(device)  # a missing GPU is refused before any fold starts
 
 
 def requested_folds(folds: Sequence[str] | None, splits: list, case_ids: list[str]) -> list[str]:
@@ -76,21 +105,46 @@ def requested_folds(folds: Sequence[str] | None, splits: list, case_ids: list[st
     return list(dict.fromkeys(wanted))
 
 
-def _train_fold(dataset: Dataset, config: str, fold: str, wd: Workdir, num_folds, group_by, progress, on_event, options) -> tuple[Path, bool]:
+def _train_fold(dataset: Dataset, config: str, fold: str, wd: Workdir, num_folds, group_by, progress, on_event, options,
+                ranks) -> tuple[Path, bool]:
     """Skip a finished fold, resume an interrupted or killed one, else train it; returns (run folder, trained now)."""
     from autoseg import api
 
     run = wd.run_dir(dataset.name, config, fold)
-    status = run_status(run)
-    if status == FINISHED and (run / FINAL).is_file():
-        log.info("fold %s already finished: %s", fold, run)
+    finished, resume = ranks.on_main(partial(_fold_state, run, fold))  # what rank 0 sees in the run folder
+    if finished:
         return run, False
-    if status == KILLED:
-        log.info("fold %s was killed while training (run.json says running, no process holds it)", fold)
-    resume = any((run / name).is_file() for name in (LATEST, BEST))  # the trainer takes the newer
     api.train(dataset.root, config, fold, wd.root, resume=resume, progress=progress, on_event=on_event,
               num_folds=num_folds, group_by=group_by, **options)
     return run, True
+
+
+def _fold_state(run: Path, fold: str) -> tuple[bool, bool]:
+    """(finished, resume): a finished fold is skipped, an interrupted or killed one resumed."""
+    status = run_status(run)
+    if status == FINISHED and (run / FINAL).is_file():
+        log.info("fold %s already finished: %s", fold, run)
+        return True, False
+    if status == KILLED:
+        log.info("fold %s was killed while training (run.json says running, no process holds it)", fold)
+    return False, any((run / name).is_file() for name in (LATEST, BEST))  # the trainer takes the newer
+
+
+def _train_in_parallel(dataset: Dataset, config: str, wanted: list[str], wd: Workdir, num_folds, group_by, progress,
+                       on_event, parallel: int, devices: Sequence[str], options: dict) -> set[str]:
+    """Train the unfinished folds of `wanted`, up to `parallel` at once; returns the folds trained now."""
+    from autoseg import api
+    from autoseg.trainers.parallel_folds import plan_jobs, train_folds
+
+    # plan and preprocess here, once: fold processes doing it at the same time would race for the files
+    api._prepare(dataset.root, config, wd, max(1, options.get("workers", 2)), progress,
+                 time_budget_s=options.get("time_budget_s"), device=options.get("device", "auto"))
+    states = {fold: _fold_state(wd.run_dir(dataset.name, config, fold), fold) for fold in wanted}
+    todo = [(fold, resume) for fold, (finished, resume) in states.items() if not finished]
+    jobs = plan_jobs(todo, parallel, options.get("device", "auto"), list(devices))
+    train_folds(jobs, parallel, {"dataset_dir": dataset.root, "config": config, "workdir": wd.root, "num_folds": num_folds,
+                                 "group_by": group_by, **options}, on_event)
+    return {fold for fold, _ in todo}
 
 
 def _predict_out_of_fold(run: Path, dataset: Dataset, val_ids: list[str], out: Path, keep_existing: bool, options: dict, progress) -> None:
