@@ -220,7 +220,7 @@ def train(
             workers = max(1, train_config.workers)  # process pools; the loader itself may run in-process (0)
             dataset, decided, folder = _prepare(dataset_dir, config, wd, workers, progress if ranks.is_main else None,
                                                 time_budget_s=train_config.time_budget_s, device=train_config.device)
-        train_config = _with_planned_budget(train_config, decided.config(config))
+        train_config = _with_planned_budget(train_config, decided.config(config), length_given="epochs" in options)
         with ranks.main_only(run_lock(run)), ranks.main_only(run_log(run)):  # the run folder is rank 0's
             if ranks.is_main:
                 sweep_stale_temporaries(run)
@@ -230,12 +230,12 @@ def train(
     return run
 
 
-def _with_planned_budget(options, config_plan):
-    """A run of a budget-aware plan without --time-budget trains for the plan's budget: its patch,
-    batch and network were sized for that time, not for 1000 epochs."""
+def _with_planned_budget(options, config_plan, length_given: bool):
+    """A run of a budget-aware plan given no length (--time-budget or --epochs) trains for the plan's
+    budget: its patch, batch and network were sized for that time, not for 1000 epochs."""
     from dataclasses import replace
 
-    if options.time_budget_s is None and config_plan.budget is not None:
+    if options.time_budget_s is None and not length_given and config_plan.budget is not None:
         log.info("training for the plan's time budget of %g min (--time-budget sets another)", config_plan.budget.time_budget_s / 60)
         return replace(options, time_budget_s=config_plan.budget.time_budget_s)
     return options

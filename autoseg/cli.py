@@ -165,7 +165,7 @@ def train(
     num_folds: Optional[int] = typer.Option(None, "--num-folds", help="Folds to make when the dataset has no splits_final.json [default: 5, or the folds already made]"),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="Regex on case ids naming the patient (first group), so a patient's images share a fold"),
     rebuild_splits: bool = typer.Option(False, "--rebuild-splits", help="Make new folds in the workdir from --num-folds/--group-by (runs of the old folds are then not comparable)"),
-    epochs: int = typer.Option(1000, "--epochs", help="Maximum number of epochs"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum number of epochs [default: 1000, or the time budget of a budget-aware plan]"),
     iters_per_epoch: int = typer.Option(250, "--iters-per-epoch", help="Training iterations per epoch"),
     val_iters: int = typer.Option(50, "--val-iters", help="Validation batches per epoch"),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall-clock budget per fold, e.g. 30m or 2h; the lr schedule follows it"),
@@ -203,10 +203,10 @@ def train(
             check_launch(nproc, device, batch_size)
             raise typer.Exit(launch(nproc, sys.argv[1:]))
         options = dict(
-            epochs=epochs, iters_per_epoch=iters_per_epoch, val_iters=val_iters, early_stop=early_stop, lr=lr,
+            iters_per_epoch=iters_per_epoch, val_iters=val_iters, early_stop=early_stop, lr=lr,
             time_budget_s=parse_duration(time_budget) if time_budget is not None else None, batch_size=batch_size,
             precision=precision, device=device, deterministic=deterministic, seed=seed, workers=workers,
-            checkpoint_every=checkpoint_every,
+            checkpoint_every=checkpoint_every, **({"epochs": epochs} if epochs is not None else {}),
         )
         with _progress() as progress, TrainingDisplay(console) as display:
             if cross_validation:

@@ -29,6 +29,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "budget_training.md"
 # budget-all-mirrors: the budget plan with every axis mirrored (nnU-Net's rule), to measure the
 # label-order rule of planners/mirroring.py
 VARIANTS = ("budget", "default", "budget-all-mirrors")
+ITERS_PER_EPOCH = 250
 
 
 def main() -> None:
@@ -39,11 +40,13 @@ def main() -> None:
     parser.add_argument("--budget", action="append", required=True, help="e.g. 10m, 30m, 1h (repeatable)")
     parser.add_argument("--variant", action="append", choices=VARIANTS, help="plans to compare [default: budget]")
     parser.add_argument("--work", type=Path, default=Path("/tmp/budget_bench"))
+    parser.add_argument("--iterations", type=int, help="train this many iterations instead of for the budget (the plan "
+                        "is still made for it): compares variants at equal work on a machine that is not quiet")
     parser.add_argument("--row", nargs=3, metavar=("VARIANT", "BUDGET", "OUT_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row:
         variant, budget, out_json = args.row
-        result = run_row(args.dataset, args.config, args.fold, variant, budget, args.work)
+        result = run_row(args.dataset, args.config, args.fold, variant, budget, args.work, args.iterations)
         Path(out_json).write_text(json.dumps(result, indent=1))
         return
     rows = []
@@ -51,15 +54,16 @@ def main() -> None:
         for variant in args.variant or ["budget"]:
             out_json = args.work / f"{variant}_{budget}.json"
             out_json.parent.mkdir(parents=True, exist_ok=True)
+            length = ["--iterations", str(args.iterations)] if args.iterations else []
             subprocess.run([sys.executable, __file__, "--dataset", str(args.dataset), "--config", args.config, "--fold",
-                            args.fold, "--work", str(args.work), "--budget", budget, "--row", variant, budget, str(out_json)],
-                           check=True)
+                            args.fold, "--work", str(args.work), "--budget", budget, *length,
+                            "--row", variant, budget, str(out_json)], check=True)
             rows.append(json.loads(out_json.read_text()))
             print(json.dumps(_summary_line(rows[-1])), flush=True)
     _append_markdown(rows, args)
 
 
-def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, work: Path) -> dict:
+def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, work: Path, iterations: int | None = None) -> dict:
     from autoseg import api, schema
     from autoseg.config import load_plan
     from autoseg.trainers.schedule import parse_duration
@@ -67,16 +71,17 @@ def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, wo
     from autoseg.dataset import load_dataset
 
     budget_s = parse_duration(budget)
-    workdir = work / f"{variant}_{budget}"
+    workdir = work / f"{variant}_{budget}" if not iterations else work / f"{variant}_{budget}_{iterations}it"
     ds = load_dataset(dataset)
     run = workdir / "runs" / ds.name / config / f"fold_{fold}"
     if _finished(run):  # a row whose scoring failed is scored again, not retrained
         plan, plan_s, train_wall_s = load_plan(workdir / "plans" / ds.name / "plan.json"), None, None
     else:
         started = time.monotonic()
-        plan = _plan(dataset, workdir, config, variant, budget_s)
+        plan = _plan(dataset, workdir, config, variant, budget_s, reuse=workdir.parent / workdir.name.replace(variant, "budget", 1))
         plan_s = time.monotonic() - started
-        api.train(dataset, config, fold, workdir, time_budget_s=budget_s, device="cpu")
+        length = dict(epochs=-(-iterations // ITERS_PER_EPOCH), iters_per_epoch=ITERS_PER_EPOCH) if iterations else dict(time_budget_s=budget_s)
+        api.train(dataset, config, fold, workdir, device="cpu", **length)
         train_wall_s = time.monotonic() - started - plan_s
     _, val_ids = fold_cases(ds, workdir / "plans" / ds.name / "splits.json", fold)
     images = _validation_folder(ds, val_ids, workdir / "validation_images")
@@ -88,7 +93,7 @@ def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, wo
     record = schema.read_json(run / "run.json")
     cfg = plan.config(config)
     return {
-        "variant": variant, "budget": budget, "dataset": ds.name, "config": config, "fold": fold,
+        "variant": variant, "budget": budget if not iterations else f"{budget} plan, {iterations} it", "dataset": ds.name, "config": config, "fold": fold,
         "val_cases": len(val_ids), "plan_s": plan_s and round(plan_s, 1), "train_wall_s": train_wall_s and round(train_wall_s, 1),
         "predict_s_per_case": round(predict_s / max(len(val_ids), 1), 2),
         "spacing": cfg.spacing, "patch": cfg.patch_size, "batch": cfg.batch_size, "features": cfg.network.features[0],
@@ -101,12 +106,17 @@ def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, wo
     }
 
 
-def _plan(dataset: Path, workdir: Path, config: str, variant: str, budget_s: float):
+def _plan(dataset: Path, workdir: Path, config: str, variant: str, budget_s: float, reuse: Path):
+    """The variant's plan; budget-all-mirrors takes the budget row's plan when there is one (the same
+    measured choice), changing only the mirrored axes."""
     from autoseg import api, schema
+    from autoseg.config import load_plan
 
     plan, path = api.plan(dataset, workdir, configs=[config], time_budget_s=None if variant == "default" else budget_s,
                           device="cpu")
     if variant == "budget-all-mirrors":
+        if (reuse / "plans" / plan.dataset_name / "plan.json").is_file():
+            plan = load_plan(reuse / "plans" / plan.dataset_name / "plan.json")
         every_axis = replace(plan.config(config), mirror_axes=tuple(range(len(plan.config(config).patch_size))))
         plan = replace(plan, configurations={**plan.configurations, config: every_axis})
         schema.write_json_atomic(path, plan)
