@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -64,12 +64,6 @@ class CervicalLowdoseOptions:
         detector = DetectorModel(self.encoding, self.log_range, self.full_dose_photons)
         return LowDoseProtocol(self.scatter_to_primary, self.scatter_fwhm_mm, self.psf_fwhm_mm,
                                self.electronic_noise, detector)
-
-
-def protocol_of(options: dict[str, Any] | None) -> LowDoseProtocol:
-    """The simulator protocol of recorded task options (None: the defaults)."""
-    known = {f.name for f in fields(CervicalLowdoseOptions)}
-    return CervicalLowdoseOptions(**{k: v for k, v in (options or {}).items() if k in known}).protocol()
 
 
 # ---------------------------------------------------------------- case step

@@ -29,7 +29,7 @@ from autoseg.evaluation import case_metrics
 from autoseg.inference.inputs import CaseInput, discover_cases
 from autoseg.modalities.xray_dose import LowDoseProtocol
 from autoseg.progress import ProgressFactory, task
-from autoseg.tasks import cervical_lowdose
+from autoseg.tasks import cervical_lowdose, resolve
 from autoseg.tasks.dose_curve import write_dose_curve
 from autoseg.tasks.dose_study import check_doses, check_images, image_quality, image_seed, simulate_image, write_csv
 
@@ -87,9 +87,8 @@ def _check_output(out_dir: Path) -> None:
 
 def protocol_for(config) -> LowDoseProtocol:
     """The model's own simulator protocol when it was trained for this task, else the default."""
-    task = config.task
-    if task is not None and task.name == cervical_lowdose.NAME:
-        return cervical_lowdose.protocol_of(task.options)
+    if config.task is not None and config.task.name == cervical_lowdose.NAME:
+        return resolve(config.task)[1].protocol()
     return LowDoseProtocol()
 
 
