@@ -2,6 +2,7 @@
 within memory, above the resolution floor, recorded in plan.json; the time-to-Dice record."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -130,3 +131,23 @@ def test_time_to_dice_pairs_minutes_with_pseudo_dice():
     history = {"pseudo_dice": [0.1, np.float64(0.5)], "ema_dice": [0.1, 0.14]}
     assert time_to_dice([60.0, 150.0], history) == [{"minutes": 1.0, "pseudo_dice": 0.1, "ema_dice": 0.1},
                                                     {"minutes": 2.5, "pseudo_dice": 0.5, "ema_dice": 0.14}]
+
+
+# ---------------------------------------------------------------- end to end
+def test_a_budget_plan_trains_for_its_budget_within_5_percent_and_records_time_to_dice(make_dataset, tmp_path):
+    from autoseg import api
+
+    dataset = make_dataset(num_cases=4, shape=(8, 32, 32), num_labels=2)
+    workdir = tmp_path / "work"
+    budget = 20.0
+    plan, _ = api.plan(dataset, workdir, configs=["2d"], time_budget_s=budget, device="cpu", workers=1)
+    assert plan.config("2d").budget.time_budget_s == budget
+    api.preprocess(dataset, "2d", workdir, workers=1)  # outside the budget, like a real run's setup
+    run = api.train(dataset, "2d", "full", workdir, iters_per_epoch=10, val_iters=1, workers=0)  # no --time-budget
+
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "finished" and record["train_config"]["time_budget_s"] == budget
+    assert abs(record["elapsed_s"] - budget) <= 0.05 * budget
+    minutes = [point["minutes"] for point in record["time_to_dice"]]
+    assert len(minutes) == record["epochs_done"] and minutes == sorted(minutes) and minutes[-1] <= budget / 60 * 1.05
+    assert (run / "progress.png").is_file()
