@@ -1,86 +1,18 @@
 """Command line: parse, call autoseg.api, render with rich. Heavy imports stay inside commands so
-`autoseg --help` is instant."""
+`autoseg --help` is instant. The app and its error/progress plumbing live in autoseg/cli_app.py."""
 from __future__ import annotations
 
-import contextlib
-import errno
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, List, NoReturn, Optional
+from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from autoseg.errors import AutosegError, ConfigError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Self-configuring U-Net segmentation.")
-console = Console(stderr=True)
-out = Console()
-
-EXIT_PROBLEM = 2
-
-WorkdirOption = typer.Option(None, "--workdir", "-w", help="Where plans, preprocessed data and runs go [default: ./autoseg_work]")
-WorkersOption = typer.Option(2, "--workers", help="Parallel worker processes")
-
-
-@app.callback()
-def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging")) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
-    )
-
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    """Known user mistakes, and what the file system refuses, end with a clear message and exit code 2,
-    not a traceback."""
-    try:
-        yield
-    except AutosegError as exc:
-        _error(str(exc))
-    except OSError as exc:  # a full disk, a missing permission, a path under a file: no traceback helps there
-        _error(_os_error_message(exc))
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        raise typer.Exit(130) from None
-
-
-def _error(message: str) -> NoReturn:
-    rank = f"rank {os.environ.get('RANK')}: " if _under_torchrun() else ""  # every rank reports its own error
-    console.print(f"[bold red]error:[/] {rank}{escape(message)}", highlight=False, soft_wrap=True)  # long paths stay whole
-    raise typer.Exit(EXIT_PROBLEM) from None
-
-
-def _under_torchrun() -> bool:
-    return os.environ.get("WORLD_SIZE", "1") not in ("", "1")
-
-
-def _os_error_message(exc: OSError) -> str:
-    """One line: the path(s), the reason and its errno, and where to look."""
-    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
-    code = f"errno {exc.errno} {errno.errorcode.get(exc.errno, '')}".rstrip() if exc.errno else "no errno"
-    reason = (exc.strerror or str(exc) or type(exc).__name__).splitlines()[0]
-    return (f"cannot access {paths or 'a file'}: {reason} ({code}); check the path, its permissions "
-            "and the free disk space")
-
-
-@contextlib.contextmanager
-def _progress() -> Iterator:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-
-        def factory(description: str, total: int):
-            task_id = bar.add_task(description, total=total)
-            return lambda n=1: bar.advance(task_id, n)
-
-        yield factory
+from autoseg.cli_app import (  # noqa: F401  (EXIT_PROBLEM: the exit code for user errors, part of this module's face)
+    EXIT_PROBLEM, WorkdirOption, WorkersOption, app, console, out, progress_bars, under_torchrun, user_errors,
+)
+from autoseg.errors import ConfigError
 
 
 @app.command()
@@ -88,7 +20,7 @@ def validate(dataset: Path = typer.Argument(..., help="Dataset folder (nnU-Net v
     """Check a dataset folder and report every problem, one line each (exit code 2 on problems)."""
     from autoseg import api
 
-    with _user_errors(), _progress() as progress:
+    with user_errors(), progress_bars() as progress:
         ds = api.validate(dataset, workers=workers, progress=progress)
     out.print(f"[green]OK[/] {ds.name}: {len(ds.cases)} training cases, {len(ds.channel_names)} channel(s), {len(ds.labels)} labels")
 
@@ -110,9 +42,9 @@ def plan(
     from autoseg.render import budget_reasons, plan_table
     from autoseg.trainers.schedule import parse_duration
 
-    with _user_errors():
+    with user_errors():
         budget_s = parse_duration(time_budget) if time_budget else None
-        with _progress() as progress:
+        with progress_bars() as progress:
             decided, path = api.plan(dataset, workdir, gpu_memory_gb, configs, network, workers, progress,
                                      time_budget_s=budget_s, device=device, task=task)
     out.print(plan_table(decided))
@@ -134,7 +66,7 @@ def example(
     from autoseg import api
 
     size = {"scale": scale} if scale is not None else {}
-    with _user_errors():
+    with user_errors():
         path = api.example(name, out_dir, cases=cases, seed=seed, overwrite=overwrite, **size)
     out.print(f"wrote [bold]{path}[/]")
 
@@ -150,7 +82,7 @@ def preprocess(
     """Preprocess a configuration's training cases (train does this itself when needed)."""
     from autoseg import api
 
-    with _user_errors(), _progress() as progress:
+    with user_errors(), progress_bars() as progress:
         folder = api.preprocess(dataset, config, workdir, workers, force, progress)
     out.print(f"preprocessed cases in [bold]{folder}[/]")
 
@@ -189,7 +121,7 @@ def train(
     from autoseg.live import TrainingDisplay
     from autoseg.trainers.schedule import parse_duration
 
-    with _user_errors():
+    with user_errors():
         cross_validation = fold == "all" or folds is not None
         if fold is None and folds is None:
             raise ConfigError("give a FOLD (a number, 'all' or 'full') or --folds 0,1,...")
@@ -208,7 +140,7 @@ def train(
             precision=precision, device=device, deterministic=deterministic, seed=seed, workers=workers,
             checkpoint_every=checkpoint_every, **({"epochs": epochs} if epochs is not None else {}),
         )
-        with _progress() as progress, TrainingDisplay(console) as display:
+        with progress_bars() as progress, TrainingDisplay(console) as display:
             if cross_validation:
                 result = api.cross_validate(dataset, config, fold_names, workdir, num_folds, group_by,
                                             progress=progress, on_event=display.update, rebuild_splits=rebuild_splits,
@@ -217,7 +149,7 @@ def train(
                 result = api.train(dataset, config, fold, workdir, resume=resume, run_dir=run_dir, progress=progress,
                                    on_event=display.update, num_folds=num_folds, group_by=group_by,
                                    rebuild_splits=rebuild_splits, **options)
-    if _under_torchrun() and os.environ.get("RANK") != "0":  # rank 0 reports for all
+    if under_torchrun() and os.environ.get("RANK") != "0":  # rank 0 reports for all
         return
     if cross_validation:
         _print_crossval(result)
@@ -288,10 +220,10 @@ def predict(
     """Predict label maps that carry each input's exact geometry."""
     from autoseg import api
 
-    with _user_errors():
+    with user_errors():
         models = _model_sources(model or [], dataset, config, _split_folds(folds), workdir)
         source = inputs[0] if len(inputs) == 1 and inputs[0].is_dir() else inputs
-        with _progress() as progress:
+        with progress_bars() as progress:
             if len(models) == 1 and api.is_bundle(models[0]):
                 if keep_largest:
                     raise ConfigError("--keep-largest does not apply to a model bundle: its postprocessing was decided by find-best")
@@ -334,7 +266,7 @@ def evaluate(
 
     if overlays and images_dir is None and (ref_dir.parent / "imagesTr").is_dir():
         images_dir = ref_dir.parent / "imagesTr"
-    with _user_errors(), _progress() as progress:
+    with user_errors(), progress_bars() as progress:
         summary = api.evaluate(pred_dir, ref_dir, overlays, images_dir, workers, progress, only_predicted=only_predicted)
     out.print(evaluation_table(summary))
     out.print(f"summary: [bold]{summary.summary_json}[/], [bold]{summary.summary_csv}[/]")
@@ -353,7 +285,7 @@ def find_best(
     from autoseg import api
     from autoseg.render import ranking_table
 
-    with _user_errors(), _progress() as progress:
+    with user_errors(), progress_bars() as progress:
         bundle = api.find_best(dataset, workdir, dataset_dir, _split_folds(configs) or None, progress)
     out.print(ranking_table(bundle))
     out.print(f"postprocessing: {bundle.postprocessing}")
@@ -369,7 +301,7 @@ def ensemble(
     """Average saved probabilities of several prediction folders into one label map per case."""
     from autoseg import api
 
-    with _user_errors():
+    with user_errors():
         written = api.ensemble(folders, output, postprocessing)
     out.print(f"wrote {len(written)} ensembled prediction(s) to [bold]{output}[/]")
 
@@ -384,7 +316,7 @@ def export_model(
     """Pack a trained model (weights and plans, no training state) into one zip to share."""
     from autoseg import api
 
-    with _user_errors():
+    with user_errors():
         written = api.export_model(source, output, name, overwrite)
     out.print(f"model zip: [bold]{written}[/] ({written.stat().st_size / 1e6:.1f} MB); import it with `autoseg import-model {written}`")
 
@@ -399,7 +331,7 @@ def import_model(
     """Check a model zip and unpack it into <workdir>/models/<name>, ready for `autoseg predict -m`."""
     from autoseg import api
 
-    with _user_errors():
+    with user_errors():
         folder = api.import_model(zip_path, workdir, name, overwrite)
     out.print(f"imported into [bold]{folder}[/]; predict with `autoseg predict -i INPUT -o OUTPUT -m {folder}`")
 
@@ -416,10 +348,11 @@ def export_onnx(
     """Export one network to ONNX (dynamic batch, spatial size fixed to the plan's patch)."""
     from autoseg import api
 
-    with _user_errors():
+    with user_errors():
         result = api.export_onnx(model, output, opset, check, tolerance, overwrite)
     checked = "not checked" if result["max_abs_diff"] is None else f"max |ONNX - PyTorch| = {result['max_abs_diff']:.2e}"
     out.print(f"wrote [bold]{result['path']}[/] (input {result['input_shape']}, batch dynamic; opset {result['opset']}; {checked})")
 
 
-from autoseg import cli_tasks  # noqa: E402,F401  (registers tasks, simulate-dose, evaluate-dose on `app`)
+# The task wing's commands register on the same app, listed after the core ones.
+from autoseg import cli_tasks  # noqa: E402,F401

@@ -1,5 +1,5 @@
 """Commands of the clinical tasks wing: `tasks`, `simulate-dose`, `evaluate-dose` (registered on
-autoseg.cli's app; same rules: parse, call autoseg.api, render with rich, heavy imports inside)."""
+autoseg.cli_app's app; same rules: parse, call autoseg.api, render with rich, heavy imports inside)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from autoseg.cli import _progress, _user_errors, app, out
+from autoseg.cli_app import app, out, progress_bars, user_errors
 
 DosesOption = typer.Option(..., "--doses", help="Dose fractions in (0, 1], e.g. 0.5,0.25,0.1,0.075")
 SeedOption = typer.Option(0, "--seed", help="Random seed (same seed, byte-identical images)")
@@ -36,9 +36,9 @@ def simulate_dose(
     from autoseg.render import dose_quality_table
     from autoseg.tasks.dose_study import parse_doses
 
-    with _user_errors():
+    with user_errors():
         protocol = _protocol(encoding, full_dose_photons)
-        with _progress() as progress:
+        with progress_bars() as progress:
             result = api.simulate_dose(input_dir, output, parse_doses(doses), seed, protocol, progress)
     out.print(dose_quality_table(result.summary))
     for dose, folder in result.folders.items():
@@ -62,9 +62,9 @@ def evaluate_dose(
     from autoseg.render import dose_evaluation_table
     from autoseg.tasks.dose_study import parse_doses
 
-    with _user_errors():
+    with user_errors():
         dose_list = parse_doses(doses)
-        with _progress() as progress:
+        with progress_bars() as progress:
             result = api.evaluate_dose(model, images, labels, output, dose_list, seed, device, tta, progress)
     out.print(dose_evaluation_table(result.groups))
     out.print(f"summary: [bold]{result.summary_json}[/], [bold]{result.summary_csv}[/]; per image: "
