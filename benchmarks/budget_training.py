@@ -153,7 +153,7 @@ def _append_markdown(rows: list[dict], args) -> None:
              f"({rows[0]['val_cases']} validation cases), 2-core CPU\n",
              "| plan | budget | spacing | patch | batch | base features | mirrored axes | precision | epochs | trained (min) "
              "| iterations expected | mean fg Dice | " + " | ".join(classes) + " |",
-             "|" + "---|" * (13 + len(classes))]
+             "|" + "---|" * (12 + len(classes))]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['budget']} | {'x'.join(f'{s:g}' for s in r['spacing'])} | {'x'.join(map(str, r['patch']))} "
                      f"| {r['batch']} | {r['features']} | {r.get('mirror_axes', '-')} | {r['precision']} | {r['epochs']} "
