@@ -20,9 +20,10 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from autoseg import errors
+from autoseg.data.loader import children_ignore_sigint
 from autoseg.trainers.distributed import usable_cores
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def _failed(outcomes: dict) -> bool:
 
 def _start(context, job: FoldJob, train_options: dict, messages) -> mp.Process:
     process = context.Process(target=_fold_main, args=(job, train_options, messages), name=f"autoseg-fold-{job.fold}")
-    with _sigint_ignored():  # the fold ignores Ctrl-C until it has left the terminal's process group
+    with children_ignore_sigint():  # the fold ignores Ctrl-C until it has left the terminal's process group
         process.start()
     log.info("fold %s: started (process %d, %s, %d CPU threads)%s", job.fold, process.pid, job.device, job.threads,
              ", resuming" if job.resume else "")
@@ -162,19 +163,6 @@ def _stop_when_orphaned() -> None:
 
 
 # ---------------------------------------------------------------- signals in the parent
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Processes started inside begin with SIGINT ignored (exec keeps an ignored signal ignored)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
-
-
 class _PassOnStopSignals:
     """Ctrl-C or SIGTERM in the parent: start no more folds and pass the signal on to each running
     fold (a second one passes on too: the folds then abort without saving)."""

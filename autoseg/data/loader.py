@@ -147,7 +147,7 @@ def _to_torch(batch: dict) -> dict:
 
 
 @contextlib.contextmanager
-def _children_ignore_sigint() -> Iterator[None]:
+def children_ignore_sigint() -> Iterator[None]:
     """Processes started inside ignore SIGINT from birth (exec keeps an ignored signal ignored).
 
     A terminal's Ctrl-C reaches the whole process group; a worker still importing its modules
@@ -194,7 +194,7 @@ class BatchLoader:
             out, control = context.Queue(maxsize=num_cached), context.Queue()
             worker = context.Process(target=_worker_main, name=f"autoseg-data-{index}", daemon=True,
                                      args=(self._sampler, self._transforms, self._seed, index, out, control))
-            with _children_ignore_sigint():  # stopping the workers is this process's job
+            with children_ignore_sigint():  # stopping the workers is this process's job
                 worker.start()
             self._workers.append(worker)
             self._queues.append(out)
