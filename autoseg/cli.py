@@ -122,11 +122,7 @@ def train(
     from autoseg.trainers.schedule import parse_duration
 
     with user_errors():
-        cross_validation = fold == "all" or folds is not None
-        if fold is None and folds is None:
-            raise ConfigError("give a FOLD (a number, 'all' or 'full') or --folds 0,1,...")
-        if folds is not None and fold not in (None, "all"):
-            raise ConfigError(f"--folds goes with FOLD 'all' or no FOLD, not '{fold}'")
+        cross_validation = _is_cross_validation(fold, folds)
         fold_names = _split_folds(folds)
         _check_scale_out(nproc, parallel, devices, cross_validation)
         if nproc > 1:
@@ -155,6 +151,15 @@ def train(
         _print_crossval(result)
     else:
         out.print(f"run folder: [bold]{result}[/] (checkpoints, run.json, progress.png, train.log)")
+
+
+def _is_cross_validation(fold: Optional[str], folds: Optional[str]) -> bool:
+    """FOLD 'all' or --folds trains folds in turn; otherwise FOLD names the one fold to train."""
+    if fold is None and folds is None:
+        raise ConfigError("give a FOLD (a number, 'all' or 'full') or --folds 0,1,...")
+    if folds is not None and fold not in (None, "all"):
+        raise ConfigError(f"--folds goes with FOLD 'all' or no FOLD, not '{fold}'")
+    return fold == "all" or folds is not None
 
 
 def _check_scale_out(nproc: int, parallel: int, devices: Optional[str], cross_validation: bool) -> None:
