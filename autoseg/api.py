@@ -121,6 +121,19 @@ def evaluate_dose(models: Sequence[str | Path], images_dir: str | Path, labels_d
     return run(models, images_dir, labels_dir, out_dir, doses or DEFAULT_DOSES, seed, device, tta, progress)
 
 
+
+# ---------------------------------------------------------------- task lumbar-xray-qc
+
+
+# ---------------------------------------------------------------- task lumbar-ct
+
+
+# ---------------------------------------------------------------- task skeleton-ct
+
+
+# ---------------------------------------------------------------- task dti-cord
+
+
 def example(name: str, out_dir: str | Path, cases: int | None = None, seed: int = 0, overwrite: bool = False, **size_options) -> Path:
     """Write a synthetic phantom dataset for one of the five clinical tasks; returns its folder.
     `size_options`: `scale` (all phantoms: finer grid, same anatomy) and phantom-specific ones."""
