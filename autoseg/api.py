@@ -335,14 +335,15 @@ def predict(image, models, spacing=None, **options):
 
 def evaluate(pred_dir: str | Path, ref_dir: str | Path, overlays: int = 0, images_dir: str | Path | None = None,
              workers: int = 2, progress: ProgressFactory | None = None, case_ids: Sequence[str] | None = None,
-             only_predicted: bool = False):
+             only_predicted: bool = False, task: str | None = None):
     """Score predictions against references (every reference case, or only `case_ids`; with
     `only_predicted` the reference cases that have a prediction); writes summary.json and
-    summary.csv into pred_dir."""
+    summary.csv into pred_dir. A clinical task's own metrics (`task`, else the one the predictions'
+    reports or dataset.json name) go under summary.json's "task_metrics"."""
     from autoseg.evaluation import evaluate_folders
 
     return evaluate_folders(pred_dir, ref_dir, workers=workers, progress=progress, overlays=overlays,
-                            images_dir=images_dir, case_ids=case_ids, only_predicted=only_predicted)
+                            images_dir=images_dir, case_ids=case_ids, only_predicted=only_predicted, task_name=task)
 
 
 def find_best(dataset: str, workdir: str | Path | None = None, dataset_dir: str | Path | None = None,

@@ -264,16 +264,22 @@ def evaluate(
     images_dir: Optional[Path] = typer.Option(None, "--images", help="Images for overlays [default: imagesTr beside ref_dir]"),
     workers: int = WorkersOption,
     only_predicted: bool = typer.Option(False, "--only-predicted", help="Score only the reference cases that have a prediction (e.g. a few test images against a full labelsTr)"),
+    task: Optional[str] = typer.Option(None, "--task", help="Add this clinical task's own metrics [default: the task the predictions' reports or dataset.json name]"),
 ) -> None:
-    """Dice, IoU, precision, recall, HD95 and ASSD per case and class; writes summary.json/.csv."""
+    """Dice, IoU, precision, recall, HD95 and ASSD per case and class (and a task's own metrics); writes summary.json/.csv."""
     from autoseg import api
     from autoseg.render import evaluation_table
 
     if overlays and images_dir is None and (ref_dir.parent / "imagesTr").is_dir():
         images_dir = ref_dir.parent / "imagesTr"
     with user_errors(), progress_bars() as progress:
-        summary = api.evaluate(pred_dir, ref_dir, overlays, images_dir, workers, progress, only_predicted=only_predicted)
+        summary = api.evaluate(pred_dir, ref_dir, overlays, images_dir, workers, progress, only_predicted=only_predicted,
+                               task=task)
     out.print(evaluation_table(summary))
+    if summary.task_metrics:
+        from autoseg.render import task_metrics_table
+
+        out.print(task_metrics_table(summary.task_metrics))
     out.print(f"summary: [bold]{summary.summary_json}[/], [bold]{summary.summary_csv}[/]")
     if summary.overlays:
         out.print(f"overlays: [bold]{summary.overlays[0].parent}[/]")

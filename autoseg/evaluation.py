@@ -157,6 +157,7 @@ class EvaluationSummary:
     summary_json: Path
     summary_csv: Path
     overlays: tuple[Path, ...] = ()
+    task_metrics: dict | None = None  # the task's own metrics (autoseg/tasks), when it has any
 
 
 def _normalize_ending(ending: str) -> str:
@@ -344,7 +345,8 @@ def _write_overlays(pairs: dict[str, tuple[Path, Path]], rows: Sequence[MetricRo
 def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, labels: dict[str, int] | None = None,
                      file_ending: str | None = None, workers: int = 2, progress: ProgressFactory | None = None,
                      overlays: int = 0, images_dir: str | Path | None = None,
-                     case_ids: Sequence[str] | None = None, only_predicted: bool = False) -> EvaluationSummary:
+                     case_ids: Sequence[str] | None = None, only_predicted: bool = False,
+                     task_name: str | None = None) -> EvaluationSummary:
     """Evaluate the predictions in `pred_dir` against the reference labels in `ref_dir`.
 
     Files are matched by case id (file name minus `file_ending`, default: dataset.json's or the
@@ -354,6 +356,8 @@ def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, labels: dict[str
     name -> value (background dropped); default dataset.json's "labels" next to ref_dir, else every
     value found. Writes summary.json and summary.csv into pred_dir, plus `overlays` PNGs of the
     worst cases into pred_dir/overlays when `images_dir` holds CASE_0000<ending> images.
+    A clinical task's own metrics (e.g. lumbar-ct's identification rate) go under "task_metrics":
+    the task is `task_name`, else the one the predictions' task reports or dataset.json name.
     `progress` (see autoseg.progress) is advanced once per case. With workers > 1 cases run in spawned
     processes, so scripts calling this need an `if __name__ == "__main__":` guard.
     """
@@ -374,6 +378,9 @@ def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, labels: dict[str
     mean_per_class, mean_dice = summarize(rows, label_map)
     document = {"labels": label_map, "mean_foreground_dice": mean_dice, "mean_per_class": mean_per_class,
                 "per_case": to_dict(list(rows))}
+    extra = _task_metrics(pred_dir, ref_dir, task_name, pairs, label_map)
+    if extra is not None:
+        document["task_metrics"] = extra
     json_path = write_json_atomic(pred_dir / "summary.json", json_safe(document))
     csv_path = _write_csv_atomic(pred_dir / "summary.csv", rows)
     written: tuple[Path, ...] = ()
@@ -382,4 +389,12 @@ def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, labels: dict[str
     elif overlays > 0:
         written = _write_overlays(pairs, rows, overlays, Path(images_dir), ending, pred_dir / "overlays")
     logger.info("evaluated %d cases: mean foreground Dice %.4f", len(pairs), mean_dice)
-    return EvaluationSummary(rows, mean_per_class, mean_dice, label_map, json_path, csv_path, written)
+    return EvaluationSummary(rows, mean_per_class, mean_dice, label_map, json_path, csv_path, written, extra)
+
+
+def _task_metrics(pred_dir: Path, ref_dir: Path, name: str | None, pairs, label_map: dict[str, int]) -> dict | None:
+    """A task's own metrics (task `name`, else named by the predictions' reports or dataset.json; see
+    autoseg/tasks/task_evaluation.py); None for predictions of no task or of one without any."""
+    from autoseg.tasks.task_evaluation import task_metrics, task_of_predictions
+
+    return task_metrics(task_of_predictions(pred_dir, ref_dir, name), pairs, label_map)

@@ -67,6 +67,20 @@ def _number(value) -> str:
     return "-" if value is None or value != value else f"{value:.4f}"
 
 
+def task_metrics_table(metrics: dict) -> Table:
+    """A task's own summary figures (its scalars and per-level rates; per-case detail stays in summary.json)."""
+    table = Table(title=f"task {metrics.get('task', '')}", box=box.SIMPLE_HEAD)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if isinstance(value, dict) and key != "per_case":
+            for name, inner in value.items():
+                table.add_row(f"{key} {name}", _number(inner) if isinstance(inner, float) else str(inner))
+        elif not isinstance(value, (dict, list)) and key != "task":
+            table.add_row(key, _number(value) if isinstance(value, float) else str(value))
+    return table
+
+
 def ranking_table(bundle) -> Table:
     """find-best's candidates, best first (cross-validation Dice before postprocessing)."""
     table = Table(title=f"{bundle.dataset_name}: cross-validation ranking", box=box.SIMPLE_HEAD)

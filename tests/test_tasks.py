@@ -74,7 +74,8 @@ def test_every_task_plans_trains_predicts_and_reports_on_its_phantom(trained, na
     assert all(c.task == task_plan(name) for c in plan.configurations.values())
     assert all(c.normalize_at == TASKS.get(name).normalize_at for c in plan.configurations.values())
     assert json.loads(found["plan"].read_text())["configurations"][next(iter(plan.configurations))]["task"]["name"] == name
-    labels = sorted(found["predictions"].glob("*.png"))
+    ending = json.loads((found["data"] / "dataset.json").read_text())["file_ending"]
+    labels = sorted(found["predictions"].glob(f"*{ending}"))
     assert len(labels) == 2
     if TASKS.get(name).report is not None:
         reports = sorted(found["predictions"].glob("*.report.json"))

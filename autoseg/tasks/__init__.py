@@ -4,3 +4,4 @@ from autoseg.tasks.profile import (  # noqa: F401
     resolve, run_case_steps, task_of, task_plan,
 )
 from autoseg.tasks import cervical_lowdose  # noqa: F401,E402  (registers "cervical-lowdose")
+from autoseg.tasks import lumbar_ct  # noqa: F401,E402  (registers "lumbar-ct")

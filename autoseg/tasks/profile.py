@@ -9,7 +9,13 @@ and exported models carry it and `autoseg predict` needs nothing else. The pipel
 - `raw_augmentations` in the training loader only, on raw intensities before the loader
   normalizes (options -> a batch transform); a profile with one sets normalize_at "loader";
 - `post_steps` on each predicted label map, then `report`, written per case as JSON and
-  summarized as CSV by the predictor ((PredictedCase, options) -> labels / a flat dict).
+  summarized as CSV by the predictor ((PredictedCase, options) -> labels / a flat dict); a report
+  also sees `raw_labels`, the network's labels before the post steps;
+- `evaluation` in `autoseg evaluate`, for the task's own metrics beyond per-class overlap
+  ((case id, prediction, reference, geometry) per case, labels, options -> a JSON-able dict that
+  summary.json holds under "task_metrics");
+- `model_layout`: "single" (one model) or "localize-crop-segment" (a coarse model finds the region,
+  a full-resolution one segments its crop: autoseg/localized_training.py, inference/localized.py).
 
 Generic code never names a task: it looks the profile up here. Options are a frozen dataclass
 per task whose defaults are the task's defaults; plan.json stores them expanded and they are
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
@@ -29,7 +35,7 @@ from autoseg.errors import ConfigError
 from autoseg.io import Geometry
 from autoseg.registry import Registry
 
-LAYOUTS = ("single",)  # one model; "localize-crop-segment" joins when a task needs it
+LAYOUTS = ("single", "localize-crop-segment")
 
 
 @dataclass(frozen=True)
@@ -41,12 +47,14 @@ class PredictedCase:
     geometry: Geometry
     labels: np.ndarray  # (*spatial) label values on the image's grid
     label_values: dict[str, int]  # name -> value, background included
+    raw_labels: np.ndarray | None = None  # the network's labels before the post steps (set by finish_prediction)
 
 
 CaseStep = Callable[[np.ndarray, Geometry, Any, str], np.ndarray]
 RawAugmentation = Callable[[Any], Callable[..., dict]]
 PostStep = Callable[[PredictedCase, Any], np.ndarray]
 Report = Callable[[PredictedCase, Any], dict[str, Any]]
+Evaluation = Callable[[Sequence[tuple[str, np.ndarray, np.ndarray, Geometry]], dict[str, int], Any], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -59,9 +67,10 @@ class TaskProfile:
     normalize_at: NormalizeAt = "preprocessing"
     case_steps: tuple[CaseStep, ...] = ()
     raw_augmentations: tuple[RawAugmentation, ...] = ()
-    model_layout: Literal["single"] = "single"
+    model_layout: Literal["single", "localize-crop-segment"] = "single"
     post_steps: tuple[PostStep, ...] = ()
     report: Report | None = None
+    evaluation: Evaluation | None = None
 
     def __post_init__(self) -> None:
         if self.raw_augmentations and self.normalize_at != "loader":
@@ -146,7 +155,18 @@ def finish_prediction(task: TaskPlan | None, case: PredictedCase) -> tuple[np.nd
     if task is None:
         return case.labels, None
     profile, options = resolve(task)
+    case = dataclasses.replace(case, raw_labels=case.labels)
     for step in profile.post_steps:
         case = dataclasses.replace(case, labels=step(case, options))
     report = profile.report(case, options) if profile.report else None
     return case.labels, ({"case_id": case.case_id, "task": task.name, **report} if report is not None else None)
+
+
+def evaluate_task(task: TaskPlan | None, cases: Sequence[tuple[str, np.ndarray, np.ndarray, Geometry]],
+                  labels: dict[str, int]) -> dict[str, Any] | None:
+    """The task's own evaluation metrics over (case id, prediction, reference, geometry) cases;
+    None without a task or for a task without an evaluation."""
+    if task is None:
+        return None
+    profile, options = resolve(task)
+    return {"task": task.name, **profile.evaluation(cases, labels, options)} if profile.evaluation else None
