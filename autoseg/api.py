@@ -126,6 +126,33 @@ def evaluate_dose(models: Sequence[str | Path], images_dir: str | Path, labels_d
 
 
 # ---------------------------------------------------------------- task lumbar-ct
+def train_localized(dataset_dir: str | Path, fold: str | int = 0, workdir: str | Path | None = None,
+                    localizer: str | None = None, margin_mm: float | None = None,
+                    progress: ProgressFactory | None = None, on_event=None, **options) -> Path:
+    """Train a localize -> crop -> segment model (e.g. task lumbar-ct): the localizer configuration
+    (default: the task's, 3d_lowres), a crop dataset cut to the labels plus `margin_mm`, and
+    3d_fullres on the crops; returns the folder holding layout.json (autoseg/localized_training.py)."""
+    from autoseg.localized_training import train_localized as run
+
+    return run(dataset_dir, fold, workdir, localizer, margin_mm, progress, on_event, **options)
+
+
+def predict_localized(inputs, output_dir: str | Path, layout: str | Path, tta: bool = True, step_fraction: float = 0.5,
+                      device: str = "auto", precision: str = "auto", skip_existing: bool = False,
+                      progress: ProgressFactory | None = None) -> list[Path]:
+    """Predict with a localize -> crop -> segment model: labels on each input's grid, a crop box
+    (<case>.crop_box.json) and the task's report per case; an empty prediction and a warning when
+    the localizer finds nothing (autoseg/inference/localized.py)."""
+    from autoseg.inference.localized import LocalizedPredictor
+    from autoseg.inference.predictor import OUTPUT_FOLDER, check_options
+    from autoseg.localized_training import read_layout
+    from autoseg.workdir import check_folder
+
+    check_options(step_fraction, precision=precision)
+    check_folder(output_dir, OUTPUT_FOLDER)
+    predictor = LocalizedPredictor(read_layout(layout), device, precision, tta, step_fraction)
+    return predictor.predict_folder(inputs, output_dir, skip_existing, progress)
+
 
 
 # ---------------------------------------------------------------- task skeleton-ct

@@ -234,3 +234,60 @@ def test_evaluate_reports_identification_for_lumbar_ct_predictions(tmp_path):
     assert summary.mean_per_class["L4"]["dice"] == 0.0 and summary.mean_per_class["L1"]["dice"] == 1.0
     (pred_dir / "c1.report.json").write_text(json.dumps({"case_id": "c1", "task": "lumbar-ct"}))
     assert api.evaluate(pred_dir, ref_dir, workers=1).task_metrics["identification_rate"] == pytest.approx(3 / 5)
+
+
+# ---------------------------------------------------------------- localize -> crop -> segment
+FAST = {"epochs": 1, "iters_per_epoch": 2, "val_iters": 1, "workers": 0}
+
+
+@pytest.fixture(scope="module")
+def localized(tmp_path_factory):
+    """Both stages trained for a few steps on a small phantom (3d_fullres stands in for the localizer)."""
+    root = tmp_path_factory.mktemp("localized")
+    data = api.example("lumbar-ct", root / "data", cases=3, seed=0, scale=0.5)
+    test = api.example("lumbar-ct", root / "test", cases=1, seed=5, scale=0.5)
+    api.plan(data, root / "work", workers=1, task="lumbar-ct")
+    layout = api.train_localized(data, "full", root / "work", localizer="3d_fullres", margin_mm=10.0, **FAST)
+    return {"root": root, "data": data, "test": test, "layout": layout}
+
+
+def test_train_localized_writes_a_layout_and_a_crop_dataset_with_exact_geometry(localized):
+    document = json.loads((localized["layout"] / "layout.json").read_text())
+    assert document["layout"] == "localize-crop-segment" and document["margin_mm"] == 10.0
+    crops = localized["root"] / "work" / "derived" / "Dataset903_LumbarCT_crops"
+    boxes = json.loads((crops / "crop_boxes.json").read_text())["boxes"]
+    case = sorted(boxes)[0]
+    full, full_geometry = read_label(localized["data"] / "labelsTr" / f"{case}.nii.gz")
+    cut, cut_geometry = read_label(crops / "labelsTr" / f"{case}.nii.gz")
+    box = boxes[case]["box_zyx"]
+    assert np.array_equal(paste_back(cut, box, full.shape), full)  # every label inside the box
+    assert cut_geometry == crop_geometry(full_geometry, box)
+    assert json.loads((crops / "dataset.json").read_text())["numTraining"] == 3
+
+
+def test_predict_localized_keeps_the_input_geometry_and_writes_crop_boxes(localized, tmp_path):
+    out = tmp_path / "pred"
+    written = api.predict_localized(localized["test"] / "imagesTr", out, localized["layout"], tta=False)
+    assert len(written) == 1
+    labels, geometry = read_label(written[0])
+    image, image_geometry = read_label(sorted((localized["test"] / "imagesTr").glob("*"))[0])
+    assert geometry == image_geometry and labels.shape == image.shape
+    box = json.loads((out / "lct_000.crop_box.json").read_text())
+    assert box["margin_mm"] == 10.0 and (box["box_zyx"] is None or len(box["box_zyx"]) == 3)
+    report = json.loads((out / "lct_000.report.json").read_text())
+    assert report["task"] == "lumbar-ct" and report["level_status"] in ("consistent", "repaired", "flagged")
+    assert (out / "task_report.csv").is_file()
+
+
+def test_a_localizer_that_finds_nothing_gives_an_empty_prediction_and_a_warning(localized, tmp_path, caplog):
+    from autoseg.inference.localized import LocalizedPredictor
+    from autoseg.localized_training import read_layout
+
+    predictor = LocalizedPredictor(read_layout(localized["layout"]), "cpu", tta=False)
+    found_nothing = lambda inferred: (np.zeros(inferred.properties["original_shape"], np.uint8), None)  # noqa: E731
+    predictor.localizer.finish = found_nothing
+    written = predictor.predict_folder(localized["test"] / "imagesTr", tmp_path / "pred")
+    labels, _ = read_label(written[0])
+    assert not labels.any()
+    assert "found no region" in caplog.text
+    assert json.loads((tmp_path / "pred" / "lct_000.crop_box.json").read_text())["box_zyx"] is None
