@@ -123,6 +123,26 @@ def evaluate_dose(models: Sequence[str | Path], images_dir: str | Path, labels_d
 
 
 # ---------------------------------------------------------------- task lumbar-xray-qc
+def qc(images_dir: str | Path, predictions_dir: str | Path, out_dir: str | Path,
+       positions: str | Path | None = None, rules: str | Path | None = None):
+    """Lumbar radiograph quality control from label maps: qc.json, qc.csv and an overlay PNG per
+    not-qualified image in out_dir (autoseg/tasks/qc_report.py); everything is checked first."""
+    from autoseg.tasks.qc_report import run_qc
+
+    return run_qc(images_dir, predictions_dir, out_dir, positions, rules)
+
+
+def qc_evaluate(qc_json: str | Path, reference_json: str | Path, out_json: str | Path | None = None) -> dict:
+    """Accuracy, sensitivity and specificity of QC verdicts per position and overall, and criterion
+    agreement with a reference qc.json (autoseg/tasks/qc_evaluation.py); written to out_json if given."""
+    from autoseg.schema import write_json_atomic
+    from autoseg.tasks.qc_evaluation import evaluate_qc
+
+    result = evaluate_qc(qc_json, reference_json)
+    if out_json is not None:
+        write_json_atomic(out_json, result)
+    return result
+
 
 
 # ---------------------------------------------------------------- task lumbar-ct
@@ -239,6 +259,7 @@ def train(
     from autoseg.dataset import load_dataset
     from autoseg.devices import resolve_device, resolve_precision
     from autoseg.registry import TRAINERS
+    from autoseg.tasks.profile import case_weights
     from autoseg.trainers.distributed import joined
     from autoseg.trainers.run_folder import check_not_in_use, check_run_cases, run_lock, run_log
     from autoseg.trainers.splits import fold_cases
@@ -264,8 +285,9 @@ def train(
         with ranks.main_only(run_lock(run)), ranks.main_only(run_log(run)):  # the run folder is rank 0's
             if ranks.is_main:
                 sweep_stale_temporaries(run)
+            weights = case_weights(decided.config(config).task, dataset.root, train_ids)
             trainer = trainer_cls(decided, decided.config(config), train_config, folder, run, train_ids, val_ids,
-                                  on_event if ranks.is_main else None, dist=ranks)
+                                  on_event if ranks.is_main else None, dist=ranks, case_weights=weights)
             trainer.fit(resume=resume)
     return run
 

@@ -55,12 +55,13 @@ def raw_intensity_steps(config: ConfigPlan, training: bool) -> list:
     return [*(raw_augmentations(config.task) if training else []), NormalizeTransform()]
 
 
-def training_source(config: ConfigPlan, folder: Path, case_ids: list[str], batch_size: int, oversample: float) -> BatchSource:
+def training_source(config: ConfigPlan, folder: Path, case_ids: list[str], batch_size: int, oversample: float,
+                    case_weights: Sequence[float] | None = None) -> BatchSource:
     augmentation = augmentation_for(config)
     # the loader reseeds the sampler per worker, so its own seed never matters
     sampler = PatchSampler(folder, case_ids, config.patch_size, batch_size, oversample, seed=0,
                            sample_size=pre_augmentation_size(config.patch_size, augmentation),
-                           raw_intensities=config.normalize_at == "loader")
+                           raw_intensities=config.normalize_at == "loader", case_weights=case_weights)
     return BatchSource(sampler, build_transforms(augmentation, config.patch_size, config.mirror_axes, target_scales(config),
                                                  first=raw_intensity_steps(config, training=True)))
 

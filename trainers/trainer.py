@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -66,8 +66,9 @@ class TrainState:
 class Trainer:
     def __init__(self, plan: Plan, config: ConfigPlan, options: TrainConfig, preprocessed: Path, run_dir: Path,
                  train_ids: list[str], val_ids: list[str], on_event: EventCallback | None = None,
-                 dist: Single | None = None):
+                 dist: Single | None = None, case_weights: Sequence[float] | None = None):
         self.plan, self.config, self.options = plan, config, options
+        self.case_weights = case_weights  # the task's per-case sampling weights, in train_ids order (None: uniform)
         self.preprocessed, self.run_dir = Path(preprocessed), Path(run_dir)
         self.train_ids, self.val_ids = train_ids, val_ids
         self.on_event = on_event or (lambda kind, info: None)
@@ -123,7 +124,7 @@ class Trainer:
         folder, oversample = self.preprocessed, self.options.oversample_foreground
         check_cases(folder, sorted(set(self.train_ids) | set(self.val_ids)))
         batch = self.dist.loader_batch(self.batch_size, self.options.deterministic)
-        self.train_source = training_source(self.config, folder, self.train_ids, batch, oversample)
+        self.train_source = training_source(self.config, folder, self.train_ids, batch, oversample, self.case_weights)
         self.val_source = validation_source(self.config, folder, self.val_ids, batch, 0.33)
         with self._open_loaders() as (train_batches, val_batches):
             while not self._finished(stop):

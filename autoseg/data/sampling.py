@@ -125,6 +125,17 @@ def _pick_foreground_voxel(folder: Path, case_id: str, rng: np.random.Generator)
     return voxels[int(rng.integers(len(voxels)))] if len(voxels) else None
 
 
+def _case_probabilities(case_ids: Sequence[str], weights: Sequence[float] | None) -> np.ndarray | None:
+    """Per-case draw probabilities from non-negative weights (a task's case_weights), checked."""
+    if weights is None:
+        return None
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (len(case_ids),) or not np.all(np.isfinite(weights)) or (weights < 0).any() or weights.sum() <= 0:
+        raise ConfigError(f"case_weights: expected one non-negative weight per case ({len(case_ids)}) with a "
+                          f"positive sum, found {weights.tolist()}")
+    return weights / weights.sum()
+
+
 # ---------------------------------------------------------------- sampler
 class PatchSampler:
     """Draws training batches {"data": float32 (B, C, *S), "target": int16 (B, 1, *S), "case_ids"}.
@@ -145,8 +156,10 @@ class PatchSampler:
         seed: int = 0,
         sample_size: Sequence[int] | None = None,
         raw_intensities: bool = False,
+        case_weights: Sequence[float] | None = None,
     ):
         self.folder = Path(folder)
+        self.case_probabilities = _case_probabilities(case_ids, case_weights)  # None: cases drawn uniformly
         self.raw_intensities = bool(raw_intensities)
         self.case_ids = list(case_ids)
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -198,8 +211,13 @@ class PatchSampler:
             batch["spacing"] = [s[3]["spacing"] for s in samples]
         return batch
 
+    def _case_index(self) -> int:
+        if self.case_probabilities is None:
+            return int(self.rng.integers(len(self.case_ids)))
+        return int(self.rng.choice(len(self.case_ids), p=self.case_probabilities))
+
     def _sample_one(self, force_foreground: bool) -> tuple[np.ndarray, np.ndarray, str, dict | None]:
-        case_id = self.case_ids[int(self.rng.integers(len(self.case_ids)))]
+        case_id = self.case_ids[self._case_index()]
         data, seg, properties = _open_case(self.folder, case_id)
         info = _raw_info(self.folder, case_id, properties, len(self.patch_size)) if self.raw_intensities else None
         fill = [ChannelNormalization.from_dict(n).zero_value for n in info["normalization"]] if info else None

@@ -5,3 +5,4 @@ from autoseg.tasks.profile import (  # noqa: F401
 )
 from autoseg.tasks import cervical_lowdose  # noqa: F401,E402  (registers "cervical-lowdose")
 from autoseg.tasks import lumbar_ct  # noqa: F401,E402  (registers "lumbar-ct")
+from autoseg.tasks import lumbar_xray_qc  # noqa: F401,E402  (registers "lumbar-xray-qc")

@@ -8,6 +8,9 @@ and exported models carry it and `autoseg predict` needs nothing else. The pipel
   (image (C, *spatial) as read, geometry, options, case id -> image);
 - `raw_augmentations` in the training loader only, on raw intensities before the loader
   normalizes (options -> a batch transform); a profile with one sets normalize_at "loader";
+- `case_weights` ((raw dataset folder, training case ids, options) -> {case id: weight}): the
+  training loader draws each sample's case with probability proportional to its weight instead
+  of uniformly (e.g. positions balanced from the dataset's metadata); cases left out weigh 1;
 - `post_steps` on each predicted label map, then `report`, written per case as JSON and
   summarized as CSV by the predictor ((PredictedCase, options) -> labels / a flat dict); a report
   also sees `raw_labels`, the network's labels before the post steps;
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
@@ -71,6 +75,7 @@ class TaskProfile:
     post_steps: tuple[PostStep, ...] = ()
     report: Report | None = None
     evaluation: Evaluation | None = None
+    case_weights: Callable[[Path, Sequence[str], Any], dict[str, float]] | None = None
 
     def __post_init__(self) -> None:
         if self.raw_augmentations and self.normalize_at != "loader":
@@ -121,6 +126,17 @@ def apply_task(plan: Plan, task: TaskPlan | None) -> Plan:
     configurations = {name: dataclasses.replace(config, task=task, normalize_at=profile.normalize_at)
                       for name, config in plan.configurations.items()}
     return dataclasses.replace(plan, configurations=configurations)
+
+
+def case_weights(task: TaskPlan | None, dataset_root: Path, case_ids: Sequence[str]) -> list[float] | None:
+    """The task's sampling weight of each training case, in `case_ids` order (None: uniform)."""
+    if task is None:
+        return None
+    profile, options = resolve(task)
+    if profile.case_weights is None:
+        return None
+    weights = profile.case_weights(Path(dataset_root), list(case_ids), options)
+    return [float(weights.get(case_id, 1.0)) for case_id in case_ids]
 
 
 def task_of(plan: Plan) -> TaskPlan | None:
