@@ -91,7 +91,7 @@ def planned_fault(index: int, position: str, rng: np.random.Generator) -> Fault 
             "rotated": sign * rng.uniform(13, 20), "rotated_lateral": sign * rng.uniform(18, 26),
             "tilted": sign * rng.uniform(15, 22), "obliquity_low": -rng.uniform(20, 26),
             "obliquity_high": rng.uniform(20, 24), "underexposed": rng.uniform(1.8, 2.5),
-            "overexposed": rng.uniform(0.45, 0.6)}[kind]
+            "overexposed": rng.uniform(0.65, 0.8)}[kind]
     return Fault(kind, _CRITERION[kind], float(size))
 
 

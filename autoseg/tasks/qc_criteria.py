@@ -91,15 +91,18 @@ def not_measurable(name: str, threshold: str, why: str) -> CriterionResult:
 
 # ---------------------------------------------------------------- shared measurements
 def column_midline(radiograph: Radiograph) -> tuple[float, float] | None:
-    """x = a + b y (mm) through the middle of the lumbar column's extent in each row; None if empty."""
-    rows = np.flatnonzero(radiograph.mask(radiograph.roles.column).any(axis=1))
-    if rows.size < 2:
+    """x = a + b y (mm): the lumbar column's long axis (the principal axis of its pixels nearer to
+    the vertical, through their centroid); None without a column."""
+    rows, cols = np.nonzero(radiograph.mask(radiograph.roles.column))
+    if rows.size < 3:
         return None
-    mask = radiograph.mask(radiograph.roles.column)
     sy, sx = radiograph.spacing
-    mids = [(np.flatnonzero(mask[r]).min() + np.flatnonzero(mask[r]).max()) / 2 * sx for r in rows]
-    b, a = np.polyfit(rows * sy, mids, 1)
-    return float(a), float(b)
+    points = np.column_stack([rows * sy, cols * sx])
+    centre = points.mean(axis=0)
+    _, vectors = np.linalg.eigh(np.cov((points - centre).T))
+    axis = max(vectors.T, key=lambda v: abs(v[0]))  # (dy, dx) of the more vertical principal axis
+    b = float(axis[1] / axis[0])
+    return float(centre[1] - b * centre[0]), b
 
 
 def detrended_x(radiograph: Radiograph, mask: np.ndarray, line: tuple[float, float]) -> np.ndarray:
@@ -277,7 +280,7 @@ def disc_spaces(radiograph: Radiograph, rule: Mapping[str, float]) -> CriterionR
     gaps = []
     for upper, lower in zip(bodies, bodies[1:]):
         distance = ndimage.distance_transform_edt(~upper, sampling=scale)
-        gaps.append(float(distance[lower].min()))
+        gaps.append(max(float(distance[lower].min()) - scale[0], 0.0))  # centre to centre -> edge to edge
     value = min(gaps)
     passed = value >= limit
     reason = f"narrowest disc space {value:.1f} mm" + ("" if passed else f", under {limit:g} mm: end plates overlap")
