@@ -179,6 +179,35 @@ def predict_localized(inputs, output_dir: str | Path, layout: str | Path, tta: b
 
 
 # ---------------------------------------------------------------- task dti-cord
+def dti_prepare(raw_dir: str | Path, out_dir: str | Path, channels: Sequence[str] = ("b0",),
+                labels_dir: str | Path | None = None, regions: bool = False, b0_threshold: float = 50.0,
+                align_b0: bool = False, fit_method: str = "WLS", progress: ProgressFactory | None = None):
+    """Raw 4D DWI cases -> an nnU-Net-layout dti-cord dataset (b=0 and optional tensor-map channels,
+    labels, dwi/ copies, dataset.json naming the task); see autoseg/tasks/dti_prepare.py."""
+    from autoseg.modalities.dwi import find_dwi_files
+    from autoseg.tasks.dti_prepare import prepare_dataset
+
+    advance = task(progress, "Preparing", len(find_dwi_files(raw_dir)))
+    return prepare_dataset(raw_dir, out_dir, channels, labels_dir, regions, b0_threshold, align_b0, fit_method, advance)
+
+
+def dti_regions(labels_dir: str | Path, out_dir: str | Path, white: int = 1, gray: int = 2):
+    """White/gray matter label maps (a folder, or a dataset's labelsTr) -> the eight cord regions."""
+    from autoseg.tasks.region_maps import convert_folder
+
+    return convert_folder(labels_dir, out_dir, white, gray)
+
+
+def dti_metrics(dwi_dir: str | Path, pred_dir: str | Path, out_dir: str | Path, ref_dir: str | Path | None = None,
+                fit_method: str = "WLS", b0_threshold: float = 50.0, progress: ProgressFactory | None = None):
+    """Mean FA, MD, AD, RD per case and region (sct_extract_metric-shaped CSV) and, with references,
+    the FA-index error per region; see autoseg/tasks/dti_metrics.py."""
+    from autoseg.tasks.dti_metrics import label_files, run_dti_metrics
+
+    advance = task(progress, "Measuring", len(label_files(Path(pred_dir), "prediction (-p)")))
+    return run_dti_metrics(dwi_dir, pred_dir, out_dir, ref_dir, fit_method, b0_threshold, advance)
+
+
 
 
 def example(name: str, out_dir: str | Path, cases: int | None = None, seed: int = 0, overwrite: bool = False, **size_options) -> Path:

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoseg import dti
+from autoseg.modalities import dti
+from autoseg.modalities.dwi import read_fsl_gradients, write_fsl_gradients
 from autoseg.errors import ConfigError, DatasetError, RegistryError
 from autoseg.io import read_image, read_label
 from autoseg.phantoms import PHANTOMS, generate_case, write_example
@@ -155,7 +156,7 @@ def test_dti_cord_writes_consistent_4d_diffusion_data(datasets):
     folder = datasets["dti-cord"]
     b0, label, geometry, _ = read_case(folder, "cord_001", ".nii.gz")
     dwi, dwi_geometry = read_image(folder / "dwi" / "cord_001_dwi.nii.gz")
-    bvals, bvecs = dti.read_fsl_gradients(folder / "dwi" / "cord_001.bval", folder / "dwi" / "cord_001.bvec")
+    bvals, bvecs = read_fsl_gradients(folder / "dwi" / "cord_001.bval", folder / "dwi" / "cord_001.bvec")
     assert dwi.shape[0] >= 7 and dwi.shape[1:] == b0.shape and dwi_geometry.matches(geometry)
     assert len(bvals) == len(bvecs) == dwi.shape[0] and bvals[0] == 0
     np.testing.assert_allclose(np.linalg.norm(bvecs[bvals > 0], axis=1), 1.0, atol=1e-5)
@@ -207,14 +208,14 @@ def test_fractional_anisotropy_limits_and_regional_metrics_bookkeeping():
 
 def test_fsl_gradient_files_round_trip_and_reject_garbage(tmp_path):
     bvals, bvecs = np.array([0.0, 800.0, 800.0]), np.array([[0, 0, 0], [1, 0, 0], [0, 0.6, 0.8]])
-    dti.write_fsl_gradients(tmp_path / "a.bval", tmp_path / "a.bvec", bvals, bvecs)
+    write_fsl_gradients(tmp_path / "a.bval", tmp_path / "a.bvec", bvals, bvecs)
     assert len((tmp_path / "a.bvec").read_text().splitlines()) == 3
-    read_vals, read_vecs = dti.read_fsl_gradients(tmp_path / "a.bval", tmp_path / "a.bvec")
+    read_vals, read_vecs = read_fsl_gradients(tmp_path / "a.bval", tmp_path / "a.bvec")
     np.testing.assert_allclose(read_vals, bvals)
     np.testing.assert_allclose(read_vecs, bvecs)
     (tmp_path / "a.bval").write_text("0 800\n")
     with pytest.raises(DatasetError, match="2 b-values but 3 directions"):
-        dti.read_fsl_gradients(tmp_path / "a.bval", tmp_path / "a.bvec")
+        read_fsl_gradients(tmp_path / "a.bval", tmp_path / "a.bvec")
     with pytest.raises(DatasetError, match="at least 6 non-collinear"):
         dti.fit_tensor(np.ones((3, 2, 2)), bvals, bvecs)
 

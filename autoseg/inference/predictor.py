@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,6 +37,7 @@ from autoseg.postprocessing import keep_largest_component
 from autoseg.preprocessing import preprocess_case, restore_original
 from autoseg.progress import ProgressFactory, task
 from autoseg.tasks import PredictedCase, finish_prediction, finishes_predictions
+from autoseg.tasks.profile import raw_input
 from autoseg.tasks import reports as task_reports
 from autoseg.workdir import make_folder
 
@@ -57,6 +58,7 @@ class Inferred:
     probabilities: np.ndarray  # (K, *resampled) float32
     properties: dict[str, Any]  # from preprocess_case
     image: np.ndarray | None = None  # the input, kept when the model's task finishes predictions with it
+    extras: dict[str, Any] | None = None  # what the task's raw_input kept for its report
 
 
 def check_options(step_fraction: float = 0.5, max_tile_growth: float = DEFAULT_MAX_GROWTH, precision: str = "auto",
@@ -101,6 +103,7 @@ class Predictor:
         self.slicewise = slicewise  # a model trained on 2D images may predict 3D volumes slice by slice
         self.task = ensemble.config.task  # post steps and report after prediction, if any
         self._keep_inputs = finishes_predictions(self.task)
+        self._raw_input = raw_input(self.task)  # the task's own input kind (e.g. 4D DWI), if any
         if slicewise and ensemble.image_ndim != 2:
             raise ConfigError(f"slicewise (--slicewise) applies to models trained on 2D images, but {self._model_name()} "
                               f"was trained on {ensemble.image_ndim}D images; leave it out")
@@ -136,7 +139,7 @@ class Predictor:
             return label, probabilities, None
         properties = inferred.properties
         case = PredictedCase(properties["case_id"], inferred.image, io.Geometry.from_dict(properties["original_geometry"]),
-                             label, dict(self.ensemble.labels))
+                             label, dict(self.ensemble.labels), extras=getattr(inferred, "extras", None) or {})
         label, report = finish_prediction(self.task, case)
         return label, probabilities, report
 
@@ -197,12 +200,14 @@ class Predictor:
         ending = io.file_ending(output_path)
         case = CaseInput(output_path.name[: len(output_path.name) - len(ending)], files, ending)
         self._check_case(case, output_path)
-        image, geometry = self._read_case(case)
-        return self._write(self.infer(image, geometry, case.case_id), geometry, output_path, save_probabilities)
+        image, geometry, extras = self._read_input(case)
+        return self._write(self._infer_with(extras, image, geometry, case.case_id), geometry, output_path,
+                           save_probabilities)
 
     def _check_case(self, case: CaseInput, output_path: Path) -> None:
         """Everything checkable from headers: readable, channel count, an ending that can hold the result."""
-        shape = check_case_headers(case, self.ensemble.in_channels)
+        shape = (self._raw_input[0].check(case.files, self._raw_input[1]) if self._is_raw_input(case)
+                 else check_case_headers(case, self.ensemble.in_channels))
         if shape is not None:  # a DICOM series is checked once read (_check_image)
             self._check_dimensions(len(shape), f"case '{case.case_id}' ({', '.join(str(f) for f in case.files)})")
         ending = io.file_ending(output_path)
@@ -211,6 +216,22 @@ class Predictor:
         if shape is not None and ending in io.PLAIN_2D_ENDINGS and len(shape) != 2:
             raise ConfigError(f"{output_path}: {ending} holds 2D images only but case '{case.case_id}' is "
                               f"{len(shape)}D; use .nii.gz")
+
+    def _is_raw_input(self, case: CaseInput) -> bool:
+        return self._raw_input is not None and self._raw_input[0].recognizes(case.files)
+
+    def _read_input(self, case: CaseInput) -> tuple[np.ndarray, io.Geometry, dict[str, Any] | None]:
+        """The case's channels, read by the task when it is the task's own input kind (with its extras)."""
+        if not self._is_raw_input(case):
+            return (*self._read_case(case), None)
+        raw = self._raw_input[0].read(case.files, self._raw_input[1])
+        return raw.image, raw.geometry, raw.extras
+
+    def _infer_with(self, extras: dict[str, Any] | None, *args) -> Inferred:
+        inferred = self.infer(*args)
+        if extras is not None and self._keep_inputs:
+            inferred.extras = extras  # a bundle's combined result takes the attribute as well
+        return inferred
 
     def _read_case(self, case: CaseInput) -> tuple[np.ndarray, io.Geometry]:
         """All channels as (C, *spatial), with the first channel's geometry."""
@@ -249,7 +270,7 @@ class Predictor:
         interrupted run left there). Returns the paths written.
         """
         output_dir = Path(output_dir)
-        cases = discover_cases(input_dir_or_files)
+        cases = self._task_case_ids(discover_cases(input_dir_or_files))
         _refuse_input_folder(input_dir_or_files, cases, output_dir)
         make_folder(output_dir, OUTPUT_FOLDER)
         if skip_existing:
@@ -268,13 +289,20 @@ class Predictor:
             log.info("task reports of %s: %s", self.task.name, summary)
         return written
 
+    def _task_case_ids(self, cases: list[CaseInput]) -> list[CaseInput]:
+        """Cases of the task's own input kind, renamed as the task names them (e.g. 'x_dwi' -> 'x')."""
+        rename = self._raw_input[0].case_id if self._raw_input is not None else None
+        if rename is None:
+            return cases
+        return [replace(c, case_id=rename(c.case_id)) if self._is_raw_input(c) else c for c in cases]
+
     def _run_cases(self, cases: list[CaseInput], targets: dict[str, Path], save_probabilities: bool, advance) -> list[Path]:
         written: list[Path] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoseg-writer") as writer:
             pending: Future | None = None
             for case in cases:
-                image, geometry = self._read_case(case)
-                inferred = self.infer(image, geometry, case.case_id)
+                image, geometry, extras = self._read_input(case)
+                inferred = self._infer_with(extras, image, geometry, case.case_id)
                 del image  # the writer needs only the geometry
                 if pending is not None:
                     written.append(pending.result())  # a writer error surfaces here

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.dti import write_fsl_gradients
+from autoseg.modalities.dwi import write_fsl_gradients
 from autoseg.errors import ConfigError
 from autoseg.io import write_image
 from autoseg.phantoms.common import Phantom, PhantomCase

@@ -17,6 +17,11 @@ and exported models carry it and `autoseg predict` needs nothing else. The pipel
 - `evaluation` in `autoseg evaluate`, for the task's own metrics beyond per-class overlap
   ((case id, prediction, reference, geometry) per case, labels, options -> a JSON-able dict that
   summary.json holds under "task_metrics");
+- `raw_input`: an input kind the task reads itself for prediction and reduces to its network
+  channels (a 4D DWI with gradient files beside it -> the b=0 image): it recognizes a case's files
+  from their headers, checks them before anything is written, reads them (keeping `extras`, e.g.
+  diffusion maps, for the report as `PredictedCase.extras`) and may rename the case; other inputs
+  are read as usual;
 - `model_layout`: "single" (one model) or "localize-crop-segment" (a coarse model finds the region,
   a full-resolution one segments its crop: autoseg/localized_training.py, inference/localized.py).
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -52,6 +58,7 @@ class PredictedCase:
     labels: np.ndarray  # (*spatial) label values on the image's grid
     label_values: dict[str, int]  # name -> value, background included
     raw_labels: np.ndarray | None = None  # the network's labels before the post steps (set by finish_prediction)
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the task's raw_input kept for its report
 
 
 CaseStep = Callable[[np.ndarray, Geometry, Any, str], np.ndarray]
@@ -59,6 +66,26 @@ RawAugmentation = Callable[[Any], Callable[..., dict]]
 PostStep = Callable[[PredictedCase, Any], np.ndarray]
 Report = Callable[[PredictedCase, Any], dict[str, Any]]
 Evaluation = Callable[[Sequence[tuple[str, np.ndarray, np.ndarray, Geometry]], dict[str, int], Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class RawCase:
+    """A case as the task's raw_input read it: the network's channels, their grid, what the report needs."""
+
+    image: np.ndarray  # (C, *spatial)
+    geometry: Geometry
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RawInput:
+    """An input kind the task reads itself for prediction (see the module docstring)."""
+
+    kind: str  # in words, e.g. "4D DWI with FSL .bval/.bvec beside it"
+    recognizes: Callable[[tuple[Path, ...]], bool]  # from headers: these files are of this kind
+    check: Callable[[tuple[Path, ...], Any], tuple[int, ...]]  # (files, options) -> spatial shape; typed errors
+    read: Callable[[tuple[Path, ...], Any], RawCase]  # (files, options) -> the network's input
+    case_id: Callable[[str], str] | None = None  # renames a case found in a folder (e.g. drops "_dwi")
 
 
 @dataclass(frozen=True)
@@ -75,6 +102,7 @@ class TaskProfile:
     post_steps: tuple[PostStep, ...] = ()
     report: Report | None = None
     evaluation: Evaluation | None = None
+    raw_input: RawInput | None = None
     case_weights: Callable[[Path, Sequence[str], Any], dict[str, float]] | None = None
 
     def __post_init__(self) -> None:
@@ -186,3 +214,11 @@ def evaluate_task(task: TaskPlan | None, cases: Sequence[tuple[str, np.ndarray, 
         return None
     profile, options = resolve(task)
     return {"task": task.name, **profile.evaluation(cases, labels, options)} if profile.evaluation else None
+
+
+def raw_input(task: TaskPlan | None) -> tuple[RawInput, Any] | None:
+    """The task's own input kind and its options (None: every input is read as usual)."""
+    if task is None:
+        return None
+    profile, options = resolve(task)
+    return (profile.raw_input, options) if profile.raw_input is not None else None
