@@ -36,17 +36,23 @@ def plan(
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Size the plan to learn the most in this much training time on --device, e.g. 30m (step times are measured here)"),
     device: str = typer.Option("auto", "--device", help="With --time-budget: the device that will train (auto, cpu, cuda, cuda:N)"),
     task: Optional[str] = typer.Option(None, "--task", help="Clinical task profile (`autoseg tasks`), recorded in the plan [default: dataset.json's \"task\", if any]"),
+    task_option: Optional[List[str]] = typer.Option(None, "--task-option", help="With --task: one of its options as KEY=VALUE (JSON or plain text, e.g. opening_mm=8, clip_hu=[-200,1500]); repeatable"),
+    normalization: Optional[str] = typer.Option(None, "--normalization", help="With --task: its intensity normalization option, e.g. inter (dataset-wide) or intra (per patient) for skeleton-ct"),
 ) -> None:
     """Validate, fingerprint and plan a dataset; print the plan of every configuration."""
     from autoseg import api
     from autoseg.render import budget_reasons, plan_table
+    from autoseg.tasks.option_pairs import parse_option_pairs
     from autoseg.trainers.schedule import parse_duration
 
     with user_errors():
         budget_s = parse_duration(time_budget) if time_budget else None
+        task_options = parse_option_pairs(task_option or [], {"normalization": normalization})
+        if task_options and task is None:
+            raise ConfigError("--task-option and --normalization set options of a task; name it with --task")
         with progress_bars() as progress:
             decided, path = api.plan(dataset, workdir, gpu_memory_gb, configs, network, workers, progress,
-                                     time_budget_s=budget_s, device=device, task=task)
+                                     time_budget_s=budget_s, device=device, task=task, task_options=task_options or None)
     out.print(plan_table(decided))
     for line in budget_reasons(decided):
         out.print(line, highlight=False)

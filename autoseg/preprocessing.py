@@ -14,6 +14,7 @@ A configuration's folder (see autoseg.workdir) holds, per case:
     <case_id>_seg.npy         int8 (1, *spatial), absent for unlabelled cases
     <case_id>.json            properties: shapes, crop box, spacings, original geometry
     <case_id>_locations.npz   str(label value) -> int32 (N, spatial ndim) voxel coordinates
+    <case_id>_<name>.nii.gz   what the task's case steps kept (keep_case_output), on the input's grid
 
 and `preprocessing.json` (plan hash, config name, case ids, version), written last: a folder
 without it was interrupted. Every file is written to a temp file and renamed into place.
@@ -36,10 +37,11 @@ from autoseg.atomic import UNTOUCHED_S, atomic_write, sweep_stale_temporaries
 from autoseg.config import ConfigPlan, Plan
 from autoseg.cropping import crop, nonzero_bbox, nonzero_mask, uncrop
 from autoseg.errors import PlanError, PreprocessingError
-from autoseg.io import Geometry, read_image, read_label
+from autoseg.io import Geometry, read_image, read_label, write_image
 from autoseg.normalization import apply_normalization, normalize, resolve_normalization
 from autoseg.resampling import resample_image, resample_label, resample_probabilities
 from autoseg.tasks import run_case_steps
+from autoseg.tasks.profile import collecting_case_outputs
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +213,10 @@ def _read_case(case) -> tuple[np.ndarray, Geometry, np.ndarray | None]:
 def _process_case(case, config: ConfigPlan, folder: Path) -> str:
     """Worker: read, preprocess and write one case; returns its id (nothing big crosses processes)."""
     image, geometry, label = _read_case(case)
-    data, seg, properties = preprocess_case(image, geometry, label, config, case.case_id, defer_normalization=True)
+    with collecting_case_outputs() as kept:  # a task's by-products (e.g. a body mask), on the image's grid
+        data, seg, properties = preprocess_case(image, geometry, label, config, case.case_id, defer_normalization=True)
+    for name, array in kept.items():
+        write_image(folder / f"{case.case_id}_{name}.nii.gz", array, geometry)
     write_case(folder, data, seg, properties)
     log.debug("preprocessed %s: %s -> %s", case.case_id, properties["original_shape"], properties["resampled_shape"])
     return case.case_id

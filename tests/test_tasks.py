@@ -71,7 +71,8 @@ def test_every_task_is_well_formed(name):
 def test_every_task_plans_trains_predicts_and_reports_on_its_phantom(trained, name):
     found = trained[name]
     plan = load_plan(found["plan"])
-    assert all(c.task == task_plan(name) for c in plan.configurations.values())
+    # every option recorded (a task may fill dataset-dependent ones when planning: plan_options)
+    assert all(c.task.name == name and c.task == task_plan(name, c.task.options) for c in plan.configurations.values())
     assert all(c.normalize_at == TASKS.get(name).normalize_at for c in plan.configurations.values())
     assert json.loads(found["plan"].read_text())["configurations"][next(iter(plan.configurations))]["task"]["name"] == name
     ending = json.loads((found["data"] / "dataset.json").read_text())["file_ending"]

@@ -24,6 +24,7 @@ from autoseg.data.transforms import NormalizeTransform
 from autoseg.networks import deep_supervision_scales
 from autoseg.preprocessing import load_case
 from autoseg.tasks import raw_augmentations
+from autoseg.tasks.profile import foreground_slice_share
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ def training_source(config: ConfigPlan, folder: Path, case_ids: list[str], batch
     # the loader reseeds the sampler per worker, so its own seed never matters
     sampler = PatchSampler(folder, case_ids, config.patch_size, batch_size, oversample, seed=0,
                            sample_size=pre_augmentation_size(config.patch_size, augmentation),
-                           raw_intensities=config.normalize_at == "loader", case_weights=case_weights)
+                           raw_intensities=config.normalize_at == "loader",
+                           foreground_slice_share=foreground_slice_share(config.task), case_weights=case_weights)
     return BatchSource(sampler, build_transforms(augmentation, config.patch_size, config.mirror_axes, target_scales(config),
                                                  first=raw_intensity_steps(config, training=True)))
 

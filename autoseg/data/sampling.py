@@ -6,7 +6,9 @@ the patch is read from disk. The last `B - round(B * (1 - p))` samples of a batc
 contain a voxel of a foreground class (chosen uniformly among the classes present in the case).
 
 A 2D network on 3D cases (2D patch size, 3D case) samples axial slices (axis 0): a random slice, or
-for a forced-foreground sample the slice through the chosen foreground voxel.
+for a forced-foreground sample the slice through the chosen foreground voxel. With
+`foreground_slice_share` s, a randomly placed sample comes with probability s from a slice that
+holds foreground (any class; a task option, e.g. slices with bone) and otherwise from any slice.
 
 With `raw_intensities` (a plan that normalizes in the loader) the cases hold raw intensities: a
 batch then also carries each sample's recorded normalization and spacing (the loader's first
@@ -156,10 +158,13 @@ class PatchSampler:
         seed: int = 0,
         sample_size: Sequence[int] | None = None,
         raw_intensities: bool = False,
+        foreground_slice_share: float = 0.0,
         case_weights: Sequence[float] | None = None,
     ):
         self.folder = Path(folder)
         self.case_probabilities = _case_probabilities(case_ids, case_weights)  # None: cases drawn uniformly
+        self.foreground_slice_share = float(foreground_slice_share)
+        self._foreground_slices: dict[str, np.ndarray] = {}  # case id -> slices holding foreground, read once
         self.raw_intensities = bool(raw_intensities)
         self.case_ids = list(case_ids)
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -182,6 +187,8 @@ class PatchSampler:
             raise ConfigError(f"batch_size {self.batch_size}: expected at least 1")
         if not 0.0 <= self.oversample_foreground <= 1.0:
             raise ConfigError(f"oversample_foreground {self.oversample_foreground}: expected a fraction in [0, 1]")
+        if not 0.0 <= self.foreground_slice_share <= 1.0:
+            raise ConfigError(f"foreground_slice_share {self.foreground_slice_share}: expected a share in [0, 1]")
 
     def _check_files(self) -> None:
         """Fail at construction, not minutes into training, when a case's files are absent."""
@@ -235,6 +242,16 @@ class PatchSampler:
             raise PreprocessingError(
                 f"{self.folder}: reading a patch of case '{case_id}' failed ({e}); {_REPREPROCESS}") from e
 
+    def _random_slice(self, case_id: str, seg: np.ndarray) -> int:
+        """An axial slice: from those holding foreground with probability foreground_slice_share."""
+        if self.foreground_slice_share > 0 and self.rng.uniform() < self.foreground_slice_share:
+            if case_id not in self._foreground_slices:
+                self._foreground_slices[case_id] = np.flatnonzero(np.any(np.asarray(seg[0]) > 0, axis=(1, 2)))
+            slices = self._foreground_slices[case_id]
+            if len(slices):
+                return int(slices[int(self.rng.integers(len(slices)))])
+        return int(self.rng.integers(seg.shape[1]))
+
     def _network_view(
         self, case_id: str, data: np.ndarray, seg: np.ndarray, voxel: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -243,7 +260,7 @@ class PatchSampler:
         if case_ndim == net_ndim:
             return data, seg, voxel
         if case_ndim == 3 and net_ndim == 2:
-            z = int(voxel[0]) if voxel is not None else int(self.rng.integers(data.shape[1]))
+            z = int(voxel[0]) if voxel is not None else self._random_slice(case_id, seg)
             return data[:, z], seg[:, z], (voxel[1:] if voxel is not None else None)
         raise ConfigError(
             f"case '{case_id}' in {self.folder} is {case_ndim}D but the patch size {self.patch_size} is {net_ndim}D; "

@@ -59,7 +59,10 @@ class Ensemble:
 
     @property
     def in_channels(self) -> int:
-        return self.config.network.in_channels
+        """Channels a case's files hold: the network's inputs less those the task's case steps append."""
+        from autoseg.tasks.profile import extra_channel_count
+
+        return self.config.network.in_channels - extra_channel_count(self.config.task)
 
     @property
     def label_values(self) -> list[int]:

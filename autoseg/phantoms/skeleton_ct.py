@@ -6,7 +6,11 @@ thresholds at bone density will segment it and be marked wrong. Inside the body:
 lungs (optional), heart, liver, bladder and bowel gas; bones are the T7-L5 column with ribs and
 sternum, sacrum, ilia, acetabula, pubic and ischial rami, and both femora.
 World origin: between the femoral heads. The default grid (48 x 64 x 80 at 12.5 x 5 x 5 mm)
-covers 600 x 320 x 400 mm; `scale=4` gives about 3.1 x 1.25 x 1.25 mm.
+covers 600 x 320 x 400 mm; `scale=4` gives about 3.1 x 1.25 x 1.25 mm. `prone=True` turns the
+patient over (the table lies on top of the image instead of underneath).
+
+Each case knows its truth beyond the label: `extras["table_mask"]` (table plate and foam pad) and
+`extras["body_mask"]` (every voxel painted by the patient), so table removal can be scored.
 """
 from __future__ import annotations
 
@@ -62,14 +66,15 @@ def soft_parts(rng: np.random.Generator, body: dict[str, float], lungs: bool) ->
         leg = Solid.make("cylinder", center, (520.0, thigh, thigh + 5.0))
         parts += [Part(leg, "fat"), Part(leg.shrunk(fat), "muscle")]
         if lungs:
-            lung = Solid.make("ellipsoid", [480.0, 0.1 * sy, side * 0.45 * sx], (165.0, 0.75 * sy, 0.35 * sx))
+            # inside the chest wall (at most ~70% of the torso's radius), never touching the skin
+            lung = Solid.make("ellipsoid", [480.0, 0.05 * sy, side * 0.45 * sx], (165.0, 0.6 * sy, 0.3 * sx))
             parts.append(Part(lung, "lung"))
     parts.append(Part(Solid.make("ellipsoid", [430.0, -0.35 * sy, 0.1 * sx], (70.0, 0.5 * sy, 0.35 * sx)), "blood"))  # heart
     parts.append(Part(Solid.make("ellipsoid", [270.0, -0.15 * sy, -0.4 * sx], (90.0, 0.7 * sy, 0.5 * sx)), "organ"))  # liver
     parts.append(Part(Solid.make("ellipsoid", [30.0, -0.5 * sy, 0.0], (40.0, 0.35 * sy, 50.0)), "water"))  # bladder
-    for _ in range(int(rng.integers(3, 8))):
-        center = [rng.uniform(80, 230), rng.uniform(-0.8, -0.2) * sy, rng.uniform(-0.6, 0.6) * sx]
-        parts.append(Part(Solid.make("ellipsoid", center, rng.uniform(10, 28, size=3)), "gas"))
+    for _ in range(int(rng.integers(3, 8))):  # bowel gas, kept inside the abdominal wall
+        center = [rng.uniform(80, 230), rng.uniform(-0.55, -0.15) * sy, rng.uniform(-0.45, 0.45) * sx]
+        parts.append(Part(Solid.make("ellipsoid", center, rng.uniform(10, 22, size=3)), "gas"))
     return parts
 
 
@@ -142,7 +147,19 @@ def ct_values(rng: np.random.Generator) -> dict[str, float]:
     return values
 
 
-def make_case(rng: np.random.Generator, index: int, scale: float = 1.0, lungs: bool = True) -> PhantomCase:
+_TABLE_MATERIALS = frozenset({"table", "pad"})
+_AIR, _BONE, _TABLE, _SOFT = 0, 1, 2, 3  # what each voxel was painted as
+
+
+def part_kind(part: Part) -> int:
+    """Bone, table (plate and pad) or the rest of the patient: one paint gives label and truth."""
+    if bone_label(part):
+        return _BONE
+    return _TABLE if part.material in _TABLE_MATERIALS else _SOFT
+
+
+def make_case(rng: np.random.Generator, index: int, scale: float = 1.0, lungs: bool = True,
+              prone: bool = False) -> PhantomCase:
     """Table + body + skeleton -> HU painting -> scanner blur and noise -> int16 HU."""
     body = body_outline(rng)
     parts = table_parts(body["semi_y"]) + soft_parts(rng, body, lungs) + skeleton(rng, body)
@@ -150,9 +167,12 @@ def make_case(rng: np.random.Generator, index: int, scale: float = 1.0, lungs: b
     spacing = tuple(s * BASE_SHAPE[i] / shape[i] for i, s in enumerate(BASE_SPACING))
     center = (120.0 + rng.uniform(-30, 30), 25.0 + rng.uniform(-5, 5), rng.uniform(-10, 10))
     grid = Grid.centered(shape, spacing, center)
-    hu, label = paint(grid, parts, ct_values(rng), bone_label, background=TISSUE_HU["air"])
+    hu, kind = paint(grid, parts, ct_values(rng), part_kind, background=TISSUE_HU["air"])
     image = finish_ct(hu, grid.spacing, rng, noise_hu=float(rng.uniform(10, 30)))
-    return PhantomCase(image, label, grid.geometry())
+    if prone:  # the same patient face down: the table now lies above them along y
+        image, kind = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(kind[:, ::-1])
+    truth = {"table_mask": kind == _TABLE, "body_mask": (kind == _BONE) | (kind == _SOFT)}
+    return PhantomCase(image, (kind == _BONE).astype(np.uint8), grid.geometry(), extras=truth)
 
 
 PHANTOM = Phantom(
@@ -164,6 +184,6 @@ PHANTOM = Phantom(
     labels=LABELS,
     file_ending=".nii.gz",
     default_cases=4,
-    options={"scale": 1.0, "lungs": True},
+    options={"scale": 1.0, "lungs": True, "prone": False},
     make_case=make_case,
 )

@@ -5,7 +5,18 @@ every configuration (`ConfigPlan.task`: the name and its options, fully expanded
 and exported models carry it and `autoseg predict` needs nothing else. The pipeline then runs:
 
 - `case_steps` inside `preprocess_case`, so training and prediction apply them identically
-  (image (C, *spatial) as read, geometry, options, case id -> image);
+  (image (C, *spatial) as read, geometry, options, case id -> image); a step may append input
+  channels after the dataset's (a bone prior), which `extra_channels` names, and may keep a
+  by-product on the image's grid with `keep_case_output` (a body mask), which training
+  preprocessing writes beside the case as <case_id>_<name>.nii.gz;
+- `extra_channels` (options -> names): the channels the case steps append; planning counts them
+  in every configuration's network.in_channels with a "none" normalization entry each, and the
+  predictor still expects only the dataset's channels as files;
+- `plan_options` (options, the planner's per-channel normalization -> options): options the
+  dataset decides, filled in when planning and recorded in plan.json (a HU clip window);
+  `normalization` (options, the planner's -> the task's normalization of the dataset's channels);
+- `foreground_slice_share` (options -> share): a 2D configuration of 3D cases draws this share of
+  its randomly placed samples from slices that hold foreground (autoseg/data/sampling.py);
 - `raw_augmentations` in the training loader only, on raw intensities before the loader
   normalizes (options -> a batch transform); a profile with one sets normalize_at "loader";
 - `case_weights` ((raw dataset folder, training case ids, options) -> {case id: weight}): the
@@ -31,7 +42,9 @@ checked against it (unknown keys, types, ranges) wherever the task is used.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from pathlib import Path
@@ -40,7 +53,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 
 from autoseg import schema
-from autoseg.config import NormalizeAt, Plan, TaskPlan
+from autoseg.config import ConfigPlan, NormalizationPlan, NormalizeAt, Plan, TaskPlan
 from autoseg.errors import ConfigError
 from autoseg.io import Geometry
 from autoseg.registry import Registry
@@ -104,6 +117,10 @@ class TaskProfile:
     evaluation: Evaluation | None = None
     raw_input: RawInput | None = None
     case_weights: Callable[[Path, Sequence[str], Any], dict[str, float]] | None = None
+    extra_channels: Callable[[Any], tuple[str, ...]] | None = None
+    plan_options: Callable[[Any, tuple[NormalizationPlan, ...]], Any] | None = None
+    normalization: Callable[[Any, tuple[NormalizationPlan, ...]], tuple[NormalizationPlan, ...]] | None = None
+    foreground_slice_share: Callable[[Any], float] | None = None
 
     def __post_init__(self) -> None:
         if self.raw_augmentations and self.normalize_at != "loader":
@@ -147,13 +164,43 @@ def resolve(task: TaskPlan) -> tuple[TaskProfile, Any]:
 
 
 def apply_task(plan: Plan, task: TaskPlan | None) -> Plan:
-    """`plan` with every configuration carrying out `task` (None: unchanged)."""
+    """`plan` (planned without a task) with every configuration carrying out `task` (None: unchanged)."""
     if task is None:
         return plan
-    profile, _ = resolve(task)
-    configurations = {name: dataclasses.replace(config, task=task, normalize_at=profile.normalize_at)
+    profile, options = resolve(task)
+    planned = next(iter(plan.configurations.values())).normalization if plan.configurations else ()
+    if profile.plan_options is not None and planned:
+        options = profile.plan_options(options, planned)
+        task = TaskPlan(task.name, schema.to_dict(options))
+    configurations = {name: _task_inputs(dataclasses.replace(config, task=task, normalize_at=profile.normalize_at),
+                                         profile, options)
                       for name, config in plan.configurations.items()}
     return dataclasses.replace(plan, configurations=configurations)
+
+
+def _task_inputs(config: ConfigPlan, profile: TaskProfile, options: Any) -> ConfigPlan:
+    """The task's normalization of the dataset's channels, and its appended channels counted."""
+    normalization = profile.normalization(options, config.normalization) if profile.normalization else config.normalization
+    extra = profile.extra_channels(options) if profile.extra_channels else ()
+    network = dataclasses.replace(config.network, in_channels=config.network.in_channels + len(extra))
+    return dataclasses.replace(config, network=network,
+                               normalization=(*normalization, *(NormalizationPlan("none") for _ in extra)))
+
+
+def extra_channel_count(task: TaskPlan | None) -> int:
+    """Input channels the task's case steps append to the dataset's (not read from files)."""
+    if task is None:
+        return 0
+    profile, options = resolve(task)
+    return len(profile.extra_channels(options)) if profile.extra_channels else 0
+
+
+def foreground_slice_share(task: TaskPlan | None) -> float:
+    """Share of randomly placed 2D samples the task draws from slices holding foreground (0: none)."""
+    if task is None:
+        return 0.0
+    profile, options = resolve(task)
+    return float(profile.foreground_slice_share(options)) if profile.foreground_slice_share else 0.0
 
 
 def case_weights(task: TaskPlan | None, dataset_root: Path, case_ids: Sequence[str]) -> list[float] | None:
@@ -173,6 +220,28 @@ def task_of(plan: Plan) -> TaskPlan | None:
 
 
 # ---------------------------------------------------------------- steps, as generic code calls them
+_KEPT: ContextVar[dict[str, np.ndarray] | None] = ContextVar("kept_case_outputs", default=None)
+
+
+def keep_case_output(name: str, array: np.ndarray) -> None:
+    """Called by a case step: keep `array` (on the image's grid) for whoever collects outputs
+    (training preprocessing saves it beside the case); a no-op everywhere else (prediction)."""
+    kept = _KEPT.get()
+    if kept is not None:
+        kept[name] = array
+
+
+@contextlib.contextmanager
+def collecting_case_outputs():
+    """Within this block, what case steps keep lands in the yielded dict (name -> array)."""
+    kept: dict[str, np.ndarray] = {}
+    token = _KEPT.set(kept)
+    try:
+        yield kept
+    finally:
+        _KEPT.reset(token)
+
+
 def run_case_steps(task: TaskPlan | None, image: np.ndarray, geometry: Geometry, case_id: str) -> np.ndarray:
     if task is None:
         return image
