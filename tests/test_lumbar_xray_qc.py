@@ -215,6 +215,26 @@ def test_position_from_the_dicom_view_position_attribute(tmp_path):
     assert position_of("x", {}, tmp_path / "x.dcm") == ("LAT", "dicom")
 
 
+def test_qc_of_a_dicom_radiograph_takes_its_position_from_the_view_position(tmp_path):
+    import SimpleITK as sitk
+
+    labels = lat_map()
+    series = tmp_path / "images" / "spine"
+    series.mkdir(parents=True)
+    image = sitk.GetImageFromArray(np.where(labels > 0, 900, 100).astype(np.int16)[None])
+    for tag, value in (("0008|0060", "DX"), ("0018|5101", "RL"), ("0020|0013", "1")):
+        image.SetMetaData(tag, value)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(series / "1.dcm"))
+    writer.Execute(image)
+    write_image(tmp_path / "pred" / "spine.nii.gz", labels[None], Geometry.default(3))
+    result = invoke("qc", "-i", tmp_path / "images", "-p", tmp_path / "pred", "-o", tmp_path / "qc")
+    assert result.exit_code == 0, result.output
+    entry = json.loads((tmp_path / "qc" / "qc.json").read_text())["cases"]["spine"]
+    assert (entry["position"], entry["position_source"]) == ("LAT", "dicom") and "true_lateral" in entry["criteria"]
+
+
 def test_position_is_inferred_from_the_label_map():
     k = qc.SPINOUS_TO_PEDICLE_K
     assert qc.infer_position(radiograph(ap_map())) == "AP"

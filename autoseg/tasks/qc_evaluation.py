@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from autoseg.errors import ConfigError
 from autoseg.tasks.qc_report import NOT_QUALIFIED, QUALIFIED
@@ -105,3 +105,19 @@ def criteria_agreement(judged: dict[str, Any], reference: dict[str, Any]) -> dic
             agree, total = counts.setdefault(name, [0, 0])
             counts[name] = [agree + (result["passed"] == other["passed"]), total + 1]
     return {name: {"agreement": round(a / n, 4), "n": n} for name, (a, n) in counts.items()}
+
+
+def dice_by_position(per_case: Sequence[Any], positions: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Mean Dice per class and over classes within each true position, from evaluation rows
+    (autoseg.evaluation.MetricRow: case_id, label, dice); rows of cases without a position are left out."""
+    grouped: dict[str, dict[str, list[float]]] = {}
+    for row in per_case:
+        position = positions.get(row.case_id)
+        if position is not None and row.dice == row.dice:  # NaN: absent in both
+            grouped.setdefault(position, {}).setdefault(row.label, []).append(float(row.dice))
+    table = {}
+    for position, classes in sorted(grouped.items()):
+        means = {label: round(sum(v) / len(v), 4) for label, v in classes.items()}
+        table[position] = {**means, "mean": round(sum(means.values()) / len(means), 4),
+                           "cases": max(len(v) for v in classes.values())}
+    return table

@@ -75,9 +75,11 @@ def radiograph_from(labels: np.ndarray, geometry: io.Geometry, label_values: Map
     """A 2D label map (and its image) as the criteria see it; `spacing_mm` replaces the nominal 1 mm
     pixels of formats that keep no spacing (PNG)."""
     labels = np.asarray(labels)
+    if labels.ndim == 3 and labels.shape[0] == 1:  # a one-slice volume (DICOM radiograph as NIfTI)
+        labels = labels[0]
     if labels.ndim != 2:
         raise ConfigError(f"lumbar-xray-qc judges 2D radiographs; found a label map of shape {labels.shape}")
-    spacing = (spacing_mm, spacing_mm) if spacing_mm else tuple(float(s) for s in geometry.spacing_zyx)
+    spacing = (spacing_mm, spacing_mm) if spacing_mm else tuple(float(s) for s in geometry.spacing_zyx[-2:])
     plane = None if image is None else np.asarray(image).reshape(labels.shape)
     return Radiograph(labels, spacing, roles_from_names(label_values), plane)
 
@@ -91,7 +93,8 @@ class QCCase:
 
 
 def find_cases(images_dir: Path, predictions_dir: Path) -> list[QCCase]:
-    """Each prediction <case><ending> with its image <case>_0000<ending> or <case><ending>."""
+    """Each prediction <case><ending> with its image <case>_0000<ending>, <case><ending> or, for
+    predictions of DICOM input, the series folder <case>/ (whose View Position then gives the position)."""
     for folder, what in ((images_dir, "images"), (predictions_dir, "predictions")):
         if not folder.is_dir():
             raise ConfigError(f"{folder}: {what} folder not found")
@@ -101,8 +104,10 @@ def find_cases(images_dir: Path, predictions_dir: Path) -> list[QCCase]:
         if not path.is_file() or ending not in io.IMAGE_ENDINGS:
             continue
         case_id = path.name[: len(path.name) - len(ending)]
-        image = next((p for p in (images_dir / f"{case_id}_0000{ending}", images_dir / f"{case_id}{ending}")
-                      if p.is_file()), None)
+        candidates = (images_dir / f"{case_id}_0000{ending}", images_dir / f"{case_id}{ending}")
+        image = next((p for p in candidates if p.is_file()), None)
+        if image is None and io.is_dicom_folder(images_dir / case_id):
+            image = images_dir / case_id  # a DICOM series predicted as <case>.nii.gz
         if image is None:
             raise ConfigError(f"{path}: prediction without its image; expected {images_dir / (case_id + '_0000' + ending)}"
                               f" (or {case_id}{ending}) in {images_dir}")
@@ -161,10 +166,10 @@ def run_qc(images_dir: str | Path, predictions_dir: str | Path, output_dir: str 
     for case in cases:
         labels, geometry = io.read_label(case.prediction)
         image, image_geometry = io.read_image(case.image)
-        if image.shape[1:] != labels.shape:
+        if np.squeeze(image[0]).shape != np.squeeze(labels).shape:
             raise ConfigError(f"{case.prediction}: label map {labels.shape} does not match its image {case.image} "
                               f"{image.shape[1:]}")
-        plain = io.file_ending(case.image) in io.PLAIN_2D_ENDINGS
+        plain = case.image.is_file() and io.file_ending(case.image) in io.PLAIN_2D_ENDINGS
         radiograph = radiograph_from(labels, image_geometry, names, image[0],
                                      spacings.get(case.case_id) if plain else None)
         position, source = position_of(case.case_id, given, case.image)
