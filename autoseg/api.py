@@ -209,7 +209,6 @@ def dti_metrics(dwi_dir: str | Path, pred_dir: str | Path, out_dir: str | Path, 
 
 
 
-
 def example(name: str, out_dir: str | Path, cases: int | None = None, seed: int = 0, overwrite: bool = False, **size_options) -> Path:
     """Write a synthetic phantom dataset for one of the five clinical tasks; returns its folder.
     `size_options`: `scale` (all phantoms: finer grid, same anatomy) and phantom-specific ones."""
@@ -255,11 +254,16 @@ def _prepare(dataset_dir, config: str, wd: Workdir, workers: int, progress, forc
 
     dataset = load_dataset(dataset_dir)
     decided = load_or_make_plan(dataset, wd, workers, progress, time_budget_s, device)
-    decided.config(config)  # unknown configuration: a PlanError naming the planned ones
+    cascade = decided.config(config).previous_stage is not None  # unknown configuration: a PlanError naming the planned ones
+    if cascade:  # refused before any work when the first stage's out-of-fold predictions are missing
+        from autoseg.cascade import add_previous_stage, out_of_fold_predictions
+        out_of_fold_predictions(dataset, decided, config, wd.root)
     folder = preprocess_dataset(
         dataset, decided, config, wd.preprocessed_dir(dataset.name, config), workers=workers,
         progress=task(progress, f"Preprocessing {config}", len(dataset.cases)), force=force,
     )
+    if cascade:
+        add_previous_stage(folder, dataset, decided, config, wd.root)
     return dataset, decided, folder
 
 

@@ -67,14 +67,32 @@ def example(
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same data)"),
     scale: Optional[float] = typer.Option(None, "--scale", help="Grid refinement (e.g. 2.5 gives clinical CT spacing); anatomy stays the same"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing phantom dataset in OUT_DIR"),
+    option: Optional[List[str]] = typer.Option(None, "--option", help="A phantom option as KEY=VALUE, e.g. large_field=true (lumbar-ct: abdomen/trunk fields of view); repeatable"),
 ) -> None:
     """Generate a synthetic phantom dataset for one of the five clinical tasks."""
     from autoseg import api
 
     size = {"scale": scale} if scale is not None else {}
     with user_errors():
+        size.update(_phantom_options(option or []))
         path = api.example(name, out_dir, cases=cases, seed=seed, overwrite=overwrite, **size)
     out.print(f"wrote [bold]{path}[/]")
+
+
+def _phantom_options(pairs: List[str]) -> dict:
+    """KEY=VALUE pairs, values read as JSON (true, 2.5) where they parse; the phantom checks them."""
+    import json
+
+    options = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option '{pair}': expected KEY=VALUE, e.g. large_field=true")
+        try:
+            options[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key.strip()] = text
+    return options
 
 
 @app.command()

@@ -17,7 +17,7 @@ from autoseg import schema
 from autoseg.errors import ConfigError, PlanError
 
 SCHEMA_VERSION = 1
-ConfigName = Literal["2d", "3d_fullres", "3d_lowres"]
+ConfigName = Literal["2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"]
 
 
 # ---------------------------------------------------------------- fingerprint (facts)
@@ -191,6 +191,9 @@ class ConfigPlan:
     # and the training loader normalizes each patch, after augmentations that need raw intensities
     # (X-ray dose simulation works on detected photons); prediction normalizes after resampling.
     normalize_at: NormalizeAt = field(default="preprocessing", metadata=schema.OMIT_DEFAULT)
+    # A cascade's second stage (3d_cascade_fullres): the configuration whose prediction, one-hot per
+    # foreground class on this configuration's grid, joins the image as extra input channels (autoseg/cascade.py).
+    previous_stage: str | None = field(default=None, metadata=schema.OMIT_DEFAULT)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The default planner: fingerprint + GPU memory budget -> a fully expanded Plan.
 
 Configurations: `2d` always; `3d_fullres` for 3D data; `3d_lowres` when the fullres patch covers
-less than 25% of the median image. Each configuration gets a target spacing, a patch fitted to the
-median shape and the memory budget, a U-Net topology, a batch size, normalization and resampling.
+less than 25% of the median image, and with it `3d_cascade_fullres` (planners/cascade.py). Each
+configuration gets a target spacing, a patch fitted to the median shape and the memory budget, a U-Net topology, a batch size, normalization and resampling.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from autoseg import schema
 from autoseg.config import ConfigPlan, Fingerprint, NetworkPlan, Plan, ResamplingPlan
 from autoseg.errors import PlanError
 from autoseg.planners.budget import GIB, fit_patch_and_batch
+from autoseg.planners.cascade import CASCADE, cascade_config
 from autoseg.planners.mirroring import mirror_axes_for
 from autoseg.planners.normalization import plan_normalization
 from autoseg.planners.spacing import fullres_target_spacing, is_anisotropic, lowres_spacing_step
@@ -128,6 +129,7 @@ def plan_dataset(
             planned["3d_fullres"] = fullres
         if "3d_lowres" in wanted and (lowres := ctx.lowres(fullres)) is not None:
             planned["3d_lowres"] = lowres
+            planned[CASCADE] = cascade_config(fullres)  # the second stage comes with every first stage
     if not planned:
         raise PlanError(f"none of the requested configurations {sorted(wanted)} applies to {fingerprint.ndim}D data")
     return Plan(

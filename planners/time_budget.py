@@ -58,12 +58,12 @@ class BudgetRequest:
 def fit_plan_to_budget(plan: Plan, fingerprint: Fingerprint, request: BudgetRequest, step_seconds: StepSeconds,
                        network: str = "unet") -> Plan:
     """The plan with each 2d / 3d_fullres configuration re-decided for the budget; 3d_lowres is
-    dropped (coarsening already does its job, and a cascade's second stage does not fit a short budget)."""
+    dropped with its cascade (coarsening already does its job, and a second stage does not fit a short budget)."""
     smallest = smallest_structure_mm(fingerprint)
     fitted = {}
     for name, config in plan.configurations.items():
-        if name == "3d_lowres":
-            log.info("time budget: no 3d_lowres (the budget plan coarsens 3d_fullres itself)")
+        if name in ("3d_lowres", "3d_cascade_fullres"):
+            log.info("time budget: no %s (the budget plan coarsens 3d_fullres itself)", name)
             continue
         fitted[name] = _BudgetFit(name, config, fingerprint, request, step_seconds, network, smallest).choose()
     return replace(plan, planner=f"{plan.planner}+time_budget", configurations=fitted)

@@ -291,3 +291,37 @@ def test_a_localizer_that_finds_nothing_gives_an_empty_prediction_and_a_warning(
     assert not labels.any()
     assert "found no region" in caplog.text
     assert json.loads((tmp_path / "pred" / "lct_000.crop_box.json").read_text())["box_zyx"] is None
+
+
+# ---------------------------------------------------------------- the large-field phantom
+def test_the_large_field_phantom_holds_a_small_lumbar_spine_in_a_trunk_sized_volume():
+    from autoseg.phantoms import generate_case
+
+    cases = [generate_case("lumbar-ct", index=i, seed=0, large_field=True) for i in range(12)]
+    centres = []
+    for case in cases:
+        extent_mm = np.array(case.label.shape) * np.array(case.geometry.spacing_zyx)
+        assert np.all((extent_mm > 290) & (extent_mm < 420))
+        found = np.argwhere(case.label > 0)
+        box = found.max(axis=0) - found.min(axis=0) + 1
+        assert np.prod(box) / case.label.size < 0.2
+        assert set(np.unique(case.label)) == set(range(7))  # L1-L5 and the sacrum in every case
+        centres.append(found.mean(axis=0) / np.array(case.label.shape))
+    assert np.ptp(np.array(centres)[:, 0]) > 0.15  # the lumbar spine moves along the body between cases
+    variants = [case.metadata for case in cases]
+    assert any(v["scoliosis_deg"] != 0 for v in variants) and any(v["transitional"] != "none" for v in variants)
+
+
+def test_a_sixth_lumbar_vertebra_lies_unlabelled_between_l5_and_the_sacrum():
+    """L5 sits one vertebra (about 35 mm) further from the sacrum than in the cases without L6."""
+    from autoseg.phantoms import generate_case
+
+    def l5_to_sacrum_mm(case) -> float:
+        spacing = np.array(case.geometry.spacing_zyx)
+        centre = {v: np.argwhere(case.label == v).mean(axis=0) * spacing for v in (5, 6)}
+        return float(np.linalg.norm(centre[5] - centre[6]))
+
+    cases = [generate_case("lumbar-ct", i, 0, large_field=True) for i in range(16)]
+    with_l6 = [l5_to_sacrum_mm(c) for c in cases if c.metadata["transitional"] == "L6"]
+    usual = [l5_to_sacrum_mm(c) for c in cases if c.metadata["transitional"] == "none"]
+    assert with_l6 and min(with_l6) > np.median(usual) + 20

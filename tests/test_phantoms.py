@@ -90,7 +90,7 @@ def test_unknown_phantom_suggests_the_closest_name(tmp_path):
 
 
 def test_bad_options_and_counts_are_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="unknown option.*'shape'.*known options: scale"):
+    with pytest.raises(ConfigError, match="unknown option.*'shape'.*known options: .*scale"):
         write_example("lumbar-ct", tmp_path, shape=2)
     with pytest.raises(ConfigError, match="'scale'.*positive"):
         write_example("lumbar-ct", tmp_path, scale=-1.0)

@@ -78,7 +78,8 @@ def check_valid(config: ConfigPlan, fingerprint: Fingerprint, budget_gb: float) 
     assert len(net.kernel_sizes) == len(net.strides) == net.num_stages
     assert net.strides[0] == (1,) * ndim
     assert all(k in (1, 3) for kernel in net.kernel_sizes for k in kernel)
-    assert net.in_channels == len(fingerprint.channels) and net.num_classes == len(fingerprint.labels)
+    cascade_channels = net.num_classes - 1 if config.previous_stage else 0  # the first stage's one-hot prediction
+    assert net.in_channels == len(fingerprint.channels) + cascade_channels and net.num_classes == len(fingerprint.labels)
     assert len(config.normalization) == len(fingerprint.channels)
     assert config.mirror_axes == tuple(range(ndim))
 
@@ -240,19 +241,20 @@ def test_budget_below_the_cuda_overhead_asks_for_more_memory():
 def test_lowres_appears_for_a_large_3d_dataset_only():
     large = uniform((1.0, 1.0, 1.0), (400, 512, 512), 10)
     plan = plan_dataset(large)
-    assert list(plan.configurations) == ["2d", "3d_fullres", "3d_lowres"]
+    assert list(plan.configurations) == ["2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"]  # the cascade comes with lowres
     fullres, lowres = plan.configurations["3d_fullres"], plan.configurations["3d_lowres"]
     assert math.prod(fullres.patch_size) / math.prod(fullres.median_shape) < 0.25
     assert math.prod(lowres.patch_size) / math.prod(lowres.median_shape) >= 0.25
     assert all(lo > full for lo, full in zip(lowres.spacing, fullres.spacing))
     check_valid(lowres, large, 8.0)
-    assert "3d_lowres" not in plan_dataset(uniform((1.0, 1.0, 1.0), (160, 160, 160), 10)).configurations
+    small = plan_dataset(uniform((1.0, 1.0, 1.0), (160, 160, 160), 10)).configurations
+    assert "3d_lowres" not in small and "3d_cascade_fullres" not in small
 
 
 @pytest.mark.parametrize("wanted", [["2d"], ["3d_fullres"], ["3d_lowres"], ["2d", "3d_lowres"]])
 def test_configs_selects_configurations(wanted):
     plan = plan_dataset(uniform((1.0, 1.0, 1.0), (400, 512, 512), 10), configs=wanted)
-    assert sorted(plan.configurations) == sorted(wanted)
+    assert sorted(plan.configurations) == sorted(wanted + (["3d_cascade_fullres"] if "3d_lowres" in wanted else []))
 
 
 def test_unknown_configuration_is_a_plan_error_naming_it_and_the_choices():

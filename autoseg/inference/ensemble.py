@@ -59,10 +59,13 @@ class Ensemble:
 
     @property
     def in_channels(self) -> int:
-        """Channels a case's files hold: the network's inputs less those the task's case steps append."""
+        """Channels a case's files hold: the network's inputs less those the task's case steps append
+        and those a cascade's first stage gives."""
+        from autoseg.cascade import previous_stage_channel_count
         from autoseg.tasks.profile import extra_channel_count
 
-        return self.config.network.in_channels - extra_channel_count(self.config.task)
+        return (self.config.network.in_channels - extra_channel_count(self.config.task)
+                - previous_stage_channel_count(self.config))
 
     @property
     def label_values(self) -> list[int]:

@@ -28,6 +28,7 @@ from autoseg.atomic import sweep_stale_temporaries
 from autoseg.ensembling import labels_from_probabilities, save_probabilities
 from autoseg.errors import ConfigError
 from autoseg.devices import PRECISION_NAMES, resolve_device, resolve_precision
+from autoseg.inference.cascade import previous_stage_for
 from autoseg.inference.ensemble import Ensemble, Member, load_models
 from autoseg.inference.inputs import CaseInput, channel_count_message, check_case_headers, discover_cases
 from autoseg.inference.sliding_window import predict_slices, sliding_window_predict
@@ -97,6 +98,8 @@ class Predictor:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device, inference=True)
         self.ensemble = ensemble.to(self.device)
+        # a cascade's second stage runs its first stage for extra input channels (inference/cascade.py)
+        self.previous_stage = previous_stage_for(self.ensemble, self.device, precision, tta, step_fraction)
         self.tta, self.step_fraction, self.tile_batch_size = tta, step_fraction, tile_batch_size
         self.keep_largest = keep_largest
         self.max_tile_growth = max_tile_growth  # 1.0: always the training patch (nnU-Net's tiling)
@@ -119,6 +122,8 @@ class Predictor:
         self._check_image(image, geometry, case_id)
         data, _, properties = preprocess_case(np.asarray(image, dtype=np.float32), geometry, None,
                                               self.ensemble.config, case_id)
+        if self.previous_stage is not None:
+            data = self.previous_stage.add_channels(data, np.asarray(image, dtype=np.float32), geometry, properties)
         tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
         total: torch.Tensor | None = None
         for member in self.ensemble.members:

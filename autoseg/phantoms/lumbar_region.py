@@ -4,10 +4,16 @@ World origin sits at the L3 body center (before a random shift). The column foll
 lordosis whose depth, side bend and axial twist vary per case; the abdomen around it has a fat
 layer, psoas and back muscles, kidneys, great vessels and bowel gas, the last being what most
 often hides the spine on a real lumbar radiograph.
+
+A `ColumnVariant` (all off by default, so default cases stay as they were) adds thoracic
+vertebrae with ribs above T12 (for trunk-sized fields of view), a scoliotic side bend, or
+transitional anatomy: a sixth lumbar vertebra ("L6", between L5 and the sacrum, unlabelled like
+T12) or a sacralised L5 (bony bridges from L5's transverse processes to the sacral alae).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 
@@ -30,27 +36,50 @@ class LumbarAnatomy:
     body_semi_yx: tuple[float, float]
 
 
-def level_shapes(rng: np.random.Generator) -> list[VertebraShape]:
-    """Shapes for L5..T12: lower levels are wider and deeper; the whole spine varies in size."""
+@dataclass(frozen=True)
+class ColumnVariant:
+    """Departures from the usual column (see the module docstring); the defaults change nothing."""
+
+    thoracic_above: int = 0  # vertebrae above T12 (T11, T10, ...), unlabelled, each with a pair of ribs
+    scoliosis_deg: float = 0.0  # side-bend amplitude per level in degrees (0: the usual mild bend)
+    transitional: Literal["none", "L6", "sacralized_L5"] = "none"
+
+    def levels(self) -> tuple[str, ...]:
+        """Bottom to top, the order of stacking."""
+        thoracic = tuple(f"T{11 - i}" for i in range(self.thoracic_above))
+        return (("L6",) if self.transitional == "L6" else ()) + COLUMN_LEVELS + thoracic
+
+
+def level_shapes(rng: np.random.Generator, levels: tuple[str, ...] = COLUMN_LEVELS) -> list[VertebraShape]:
+    """Shapes for `levels` (bottom to top): lower levels are wider and deeper; the whole spine varies in size."""
     size = rng.uniform(0.9, 1.1)
     shapes = []
-    for i, level in enumerate(COLUMN_LEVELS):
-        grow = 1.04 - 0.03 * i  # L5 largest
+    for i, level in enumerate(levels):
+        grow = 1.04 - 0.03 * i  # the lowest largest
         shape = LUMBAR.scaled(size)
         shape = replace(shape, body_width=shape.body_width * grow, body_depth=shape.body_depth * grow)
-        if level == "T12":
-            shape = replace(shape.scaled(0.9), spinous_tilt_deg=25.0, transverse_length=10.0)
+        if level.startswith("T"):
+            shrink = 0.9 - 0.03 * (12 - int(level[1:]))  # thoracic bodies shrink upward
+            shape = replace(shape.scaled(shrink), spinous_tilt_deg=25.0, transverse_length=10.0)
         shapes.append(shape)
     return shapes
 
 
-def column_poses(rng: np.random.Generator, shapes: list[VertebraShape]) -> tuple[list[Pose], list[float]]:
-    """Poses L5..T12 from a random lordosis, scoliosis and twist; returns poses and disc gaps."""
+def _lordosis(count: int) -> list[float]:
+    """Superior axis tilts of `count` levels from the bottom: the lumbar lordosis, then a growing kyphosis."""
+    return list(_LORDOSIS_DEG[:count]) + [_LORDOSIS_DEG[-1] - 3.0 * (i + 1) for i in range(count - len(_LORDOSIS_DEG))]
+
+
+def column_poses(rng: np.random.Generator, shapes: list[VertebraShape],
+                 scoliosis_deg: float = 0.0) -> tuple[list[Pose], list[float]]:
+    """Poses from the bottom level up from a random lordosis, scoliosis and twist; returns poses and
+    disc gaps. `scoliosis_deg` (signed) replaces the usual mild side bend by a scoliotic one."""
     depth = rng.uniform(0.7, 1.3)
     bend, twist = rng.uniform(-6, 6), rng.uniform(-5, 5)
+    bend = scoliosis_deg or bend
     phase = rng.uniform(0, np.pi)
     rotations = []
-    for i, base in enumerate(_LORDOSIS_DEG):
+    for i, base in enumerate(_lordosis(max(len(shapes), len(_LORDOSIS_DEG)))):
         wave = np.sin(phase + i * np.pi / 5)
         rotations.append(column_rotation(depth * base + rng.normal(0, 1.5), bend * wave, twist * wave))
     gaps = [float(rng.uniform(8, 12)) for _ in range(len(shapes) - 1)]
@@ -133,16 +162,33 @@ def soft_tissue_parts(
     return parts, body_center, (semi_y, semi_x)
 
 
-def lumbar_anatomy(rng: np.random.Generator) -> LumbarAnatomy:
+def sacralization_parts(l5: Pose, s1: Pose, shape: VertebraShape) -> list[Part]:
+    """A sacralised L5: a bony bridge on each side from L5's transverse process down to the sacral ala."""
+    parts = []
+    for side in (-1.0, 1.0):
+        top = l5.point((0.0, 0.5 * shape.body_depth, side * (0.5 * shape.body_width + 18.0)))
+        bottom = s1.point((-4.0, 8.0, side * (0.5 * shape.body_width + 18.0)))
+        half = max(float(np.linalg.norm(top - bottom)) / 2 + 4.0, 8.0)
+        parts.append(Part(Solid.make("ellipsoid", (top + bottom) / 2, (half, 9.0, 11.0), s1.rotation), "mixed_bone",
+                          "L5", "transverse"))
+    return parts
+
+
+def lumbar_anatomy(rng: np.random.Generator, variant: ColumnVariant = ColumnVariant()) -> LumbarAnatomy:
     """The whole randomized lumbar region, centered near L3 and shifted by up to 10 mm."""
-    shapes = level_shapes(rng)
-    poses, gaps = column_poses(rng, shapes)
-    shift = -poses[2].center + rng.uniform(-10, 10, size=3)
+    levels = variant.levels()
+    shapes = level_shapes(rng, levels)
+    poses, gaps = column_poses(rng, shapes, variant.scoliosis_deg)
+    shift = -poses[levels.index("L3")].center + rng.uniform(-10, 10, size=3)
     poses = [Pose(p.center + shift, p.rotation) for p in poses]
     lumbosacral_disc, sacrum, s1 = sacrum_parts(rng, poses[0], shapes[0])
-    centers = {level: pose.center for level, pose in zip(COLUMN_LEVELS, poses)}
+    centers = {level: pose.center for level, pose in zip(levels, poses)}
     centers["S1"] = s1.center
     soft, body_center, body_semi = soft_tissue_parts(rng, centers)
-    column = column_parts(shapes, poses, list(COLUMN_LEVELS), gaps)
-    bones = sacrum + ilium_parts(s1, shapes[0].body_width) + rib_parts(poses[-1], shapes[-1])
+    column = column_parts(shapes, poses, list(levels), gaps)
+    bones = sacrum + ilium_parts(s1, shapes[0].body_width)
+    for i in range(levels.index("T12"), len(levels)):
+        bones += rib_parts(poses[i], shapes[i])
+    if variant.transitional == "sacralized_L5":
+        bones += sacralization_parts(poses[0], s1, shapes[0])
     return LumbarAnatomy(soft + lumbosacral_disc + column + bones, centers, body_center, body_semi)
