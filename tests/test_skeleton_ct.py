@@ -195,6 +195,19 @@ def test_the_model_takes_the_dataset_channels_and_adds_the_prior_itself():
     assert resolve(config.task)[1].clip_hu == (-100.0, 900.0)  # filled from the planned CT window
 
 
+def test_predicted_bone_outside_the_body_becomes_background():
+    from autoseg.tasks.profile import PredictedCase
+    from autoseg.tasks.skeleton_ct import bone_inside_body
+
+    hu = _trunk_with_arms()
+    labels = np.ones(hu.shape, np.uint8)  # bone everywhere, the air around the patient included
+    case = PredictedCase("c", hu[None], Geometry.default(3, (5.0, 2.0, 2.0)), labels, {"background": 0, "bone": 1})
+    kept = bone_inside_body(case, options())
+    assert np.array_equal(kept.astype(bool), body_mask(hu, (5.0, 2.0, 2.0)))
+    assert kept[hu > -500].all() and not kept[:, :4, :].any()  # every tissue voxel, none of the air above
+    assert np.array_equal(bone_inside_body(case, options(remove_table=False)), labels)  # without removal: as predicted
+
+
 # ---------------------------------------------------------------- bone-weighted slices
 def _slab_folder(folder: Path) -> None:
     """A 20-slice case whose foreground fills slices 3 and 4 only."""

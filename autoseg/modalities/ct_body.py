@@ -25,6 +25,7 @@ AIR_HU = -1000.0
 _CROSS = ndimage.generate_binary_structure(2, 1)[None]  # in-plane 4-neighbourhood, one slice thick
 _SQUARE = ndimage.generate_binary_structure(2, 2)[None]  # in-plane 8-neighbourhood
 _RIM_STEPS = 2
+WORKING_MM = 2.0  # in-plane spacing the body is searched at; finer slices are pooled to about this
 
 
 class NoBodyFound(ValueError):
@@ -66,13 +67,30 @@ def fill_holes_by_slice(mask: np.ndarray) -> np.ndarray:
     return np.stack([ndimage.binary_fill_holes(s) for s in mask])
 
 
-def body_mask(hu: np.ndarray, spacing_zyx, threshold_hu: float = -500.0, opening_mm: float = 6.0) -> np.ndarray:
+def body_mask(hu: np.ndarray, spacing_zyx, threshold_hu: float = -500.0, opening_mm: float = 6.0,
+              working_mm: float = WORKING_MM) -> np.ndarray:
     """Bool mask of the patient's body in `hu` ((z, y, x) or (y, x), HU). Raises NoBodyFound when
-    no voxel is above `threshold_hu` or nothing survives the opening."""
+    no voxel is above `threshold_hu` or nothing survives the opening.
+
+    Slices finer than `working_mm` in-plane are searched on a grid pooled to about that spacing
+    (a 512 x 512 slice at 0.7 mm: 2 x 2 blocks), and the boundary is then refined at full
+    resolution within one block of the coarse one: same masks, a fraction of the morphology.
+    """
     volume = hu if hu.ndim == 3 else hu[None]
     above = volume > threshold_hu
     if not above.any():
         raise NoBodyFound(f"no voxel is above {threshold_hu:g} HU (maximum {float(volume.max()) if volume.size else 0:g})")
+    factor = max(1, int(working_mm // float(np.mean(spacing_zyx[-2:]))))
+    if factor == 1:
+        body = _body_from_tissue(above, spacing_zyx, opening_mm, threshold_hu)
+    else:
+        coarse_spacing = (*spacing_zyx[:-2], *(s * factor for s in spacing_zyx[-2:]))
+        coarse = _body_from_tissue(_pool_any(above, factor), coarse_spacing, opening_mm, threshold_hu)
+        body = _refine(coarse, above, factor)
+    return body if hu.ndim == 3 else body[0]
+
+
+def _body_from_tissue(above: np.ndarray, spacing_zyx, opening_mm: float, threshold_hu: float) -> np.ndarray:
     steps = in_plane_steps(spacing_zyx, opening_mm)
     core = largest_component(_morph_in_plane(above, steps, grow=False))
     if not core.any():
@@ -82,5 +100,20 @@ def body_mask(hu: np.ndarray, spacing_zyx, threshold_hu: float = -500.0, opening
     # a closing seals a cross-section whose wall is thinner than a voxel (lungs against the ribs)
     # before its holes are filled; it adds only air in the body's own narrow folds
     closed = _morph_in_plane(_morph_in_plane(body, steps, grow=True), steps, grow=False)
-    body = fill_holes_by_slice(body | closed)
-    return body if hu.ndim == 3 else body[0]
+    return fill_holes_by_slice(body | closed)
+
+
+def _pool_any(mask: np.ndarray, factor: int) -> np.ndarray:
+    """In-plane blocks of factor x factor voxels: True where any voxel of the block is."""
+    z, y, x = mask.shape
+    padded = np.pad(mask, ((0, 0), (0, -y % factor), (0, -x % factor)))
+    return padded.reshape(z, padded.shape[1] // factor, factor, padded.shape[2] // factor, factor).any(axis=(2, 4))
+
+
+def _refine(coarse: np.ndarray, above: np.ndarray, factor: int) -> np.ndarray:
+    """Full-resolution body: the coarse body's interior whole (lungs stay filled), and in a band of
+    one block around its boundary the voxels above the threshold."""
+    up = coarse.repeat(factor, axis=1).repeat(factor, axis=2)[:, :above.shape[1], :above.shape[2]]
+    inner = _morph_in_plane(up, factor, grow=False)
+    outer = _morph_in_plane(up, factor, grow=True)
+    return inner | (outer & above)

@@ -17,6 +17,8 @@ option recorded in the plan, so its effect can be measured (benchmarks/skeleton_
      body mask. `"inter"` leaves the plan's CT scheme in place: dataset-wide foreground mean/std.
 - Training: a share `bone_slice_share` of the 2D slices drawn at random comes from slices that
   hold bone (the others from anywhere, as usual).
+- Post step, with table removal: predicted bone outside the body mask (recomputed from the input)
+  becomes background, since the network only ever saw air there.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from autoseg.config import NormalizationPlan
 from autoseg.errors import ConfigError, PreprocessingError
 from autoseg.io import Geometry
 from autoseg.modalities.ct_body import AIR_HU, NoBodyFound, body_mask
-from autoseg.tasks.profile import TaskProfile, keep_case_output, register
+from autoseg.tasks.profile import PredictedCase, TaskProfile, keep_case_output, register
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,15 @@ def prepare_skeleton_ct(image: np.ndarray, geometry: Geometry, options: Skeleton
     return np.stack([ct, *rest, *prior])
 
 
+# ---------------------------------------------------------------- after prediction
+def bone_inside_body(case: PredictedCase, options: SkeletonCtOptions) -> np.ndarray:
+    """Labels outside the body mask set to background (only where table removal is on)."""
+    if not options.remove_table:
+        return case.labels
+    body = body_of(case.image[0].astype(np.float32), case.geometry, options, case.case_id)
+    return np.where(body, case.labels, 0).astype(case.labels.dtype)
+
+
 PROFILE = register(TaskProfile(
     name=NAME,
     summary="whole-skeleton bone on CT: table removal, HU clipping, inter/intra-patient normalization, "
@@ -140,6 +151,7 @@ PROFILE = register(TaskProfile(
     options=SkeletonCtOptions,
     configurations=("2d",),
     case_steps=(prepare_skeleton_ct,),
+    post_steps=(bone_inside_body,),
     plan_options=fill_clip_window,
     normalization=ct_normalization,
     extra_channels=added_channels,
