@@ -176,6 +176,13 @@ def predict_localized(inputs, output_dir: str | Path, layout: str | Path, tta: b
 
 
 # ---------------------------------------------------------------- task skeleton-ct
+def remove_table(image: str | Path, output: str | Path, mask: str | Path | None = None, picture: str | Path | None = None,
+                 threshold_hu: float = -500.0, opening_mm: float = 6.0):
+    """Write a CT without its scanner table (outside the body -> -1000 HU, same geometry), as task
+    skeleton-ct's case step does; optionally the body mask and a PNG (autoseg/tasks/table_removal.py)."""
+    from autoseg.tasks.table_removal import remove_table_file
+
+    return remove_table_file(image, output, mask, picture, threshold_hu, opening_mm)
 
 
 # ---------------------------------------------------------------- task dti-cord

@@ -394,3 +394,4 @@ from autoseg import cli_tasks  # noqa: E402,F401
 from autoseg import cli_lumbar  # noqa: E402,F401
 from autoseg import cli_qc  # noqa: E402,F401
 from autoseg import cli_dti  # noqa: E402,F401
+from autoseg import cli_skeleton  # noqa: E402,F401

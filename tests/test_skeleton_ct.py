@@ -234,3 +234,30 @@ def test_a_plan_without_the_share_samples_as_before(tmp_path):
     plain = PatchSampler(tmp_path, ["vol"], (8, 8), 4, oversample_foreground=0.0, seed=3)
     zero = PatchSampler(tmp_path, ["vol"], (8, 8), 4, oversample_foreground=0.0, seed=3, foreground_slice_share=0.0)
     assert all(np.array_equal(plain.sample_batch()["target"], zero.sample_batch()["target"]) for _ in range(10))
+
+
+# ---------------------------------------------------------------- autoseg remove-table
+def test_remove_table_cli_writes_the_ct_without_table_mask_and_picture_with_the_input_geometry(tmp_path):
+    from autoseg.io import write_image
+
+    hu = _trunk_with_arms()
+    hu[:, 31:33, 2:58] = 600.0  # a table plate under the patient
+    geometry = Geometry((2.0, 2.0, 5.0), (1.0, -2.0, 3.0), tuple(float(v) for v in np.eye(3).ravel()))  # x, y, z
+    write_image(tmp_path / "ct.nii.gz", hu.astype(np.int16), geometry)
+    result = CliRunner().invoke(app, ["remove-table", str(tmp_path / "ct.nii.gz"), str(tmp_path / "clean.nii.gz"),
+                                      "--mask", str(tmp_path / "body.nii.gz"), "--picture", str(tmp_path / "look.png"),
+                                      "--opening-mm", "4"])
+    assert result.exit_code == 0, result.output
+    clean, clean_geometry = read_image(tmp_path / "clean.nii.gz")
+    assert clean_geometry == read_image(tmp_path / "ct.nii.gz")[1] and clean.dtype == np.int16
+    assert (clean[0][:, 31:33, 2:20] == AIR_HU).all() and np.array_equal(clean[0][hu == 40.0], hu[hu == 40.0])
+    assert read_image(tmp_path / "body.nii.gz")[0].max() == 1 and (tmp_path / "look.png").stat().st_size > 0
+
+
+def test_remove_table_cli_refuses_an_empty_volume_and_writes_nothing(tmp_path):
+    from autoseg.io import write_image
+
+    write_image(tmp_path / "air.nii.gz", np.full((4, 8, 8), -1000, np.int16), Geometry.default(3, (5.0, 2.0, 2.0)))
+    result = CliRunner().invoke(app, ["remove-table", str(tmp_path / "air.nii.gz"), str(tmp_path / "out.nii.gz")])
+    assert result.exit_code == 2 and "no body found" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["air.nii.gz"]
