@@ -94,9 +94,9 @@ def check_dwi(files: tuple[Path, ...], options: DtiCordOptions) -> tuple[int, ..
 
     path = files[0]
     shape = read_image_info(path)[0]
-    bvals, _ = dwi.read_fsl_gradients(*dwi.find_gradient_files(path))
+    bval_path, bvec_path = dwi.find_gradient_files(path)
+    bvals, _ = dwi.read_fsl_gradients(bval_path, bvec_path)
     if len(bvals) != shape[0]:
-        bval_path = dwi.find_gradient_files(path)[0]
         raise ConfigError(f"{path}: {shape[0]} volumes, but {bval_path} lists {len(bvals)} b-values; the gradient "
                           "files must give one entry per volume")
     dwi.b0_volumes(bvals, options.b0_threshold, str(path))
