@@ -192,7 +192,8 @@ def test_positions_normalise_dicom_and_textbook_spellings():
 
 
 def test_positions_from_cases_json_and_dataset_json_and_a_file(tmp_path):
-    (tmp_path / "cases.json").write_text(json.dumps({"a": {"position": "lateral"}, "b": {"position": "AP"}}))
+    (tmp_path / "cases.json").write_text(json.dumps({"a": {"position": "lateral"}, "b": {"position": "AP"},
+                                                     "note": "a remark, not a case", "c": {"scale_x": 0.5}}))
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": LABELS, "positions": {"b": "OBL"}}))
     assert dataset_positions(tmp_path) == {"a": "LAT", "b": "OBL"}  # dataset.json wins
     (tmp_path / "mine.json").write_text(json.dumps({"c": "RAO"}))

@@ -34,13 +34,16 @@ def normalize_position(value: Any, where: str) -> str:
     return _ALIASES[key]
 
 
-def parse_positions(data: Any, where: str) -> dict[str, str]:
-    """{case: position} from {case: "AP"} or {case: {"position": "AP", ...}} (a cases.json)."""
+def parse_positions(data: Any, where: str, records_only: bool = False) -> dict[str, str]:
+    """{case: position} from {case: "AP"} or {case: {"position": "AP", ...}} (a cases.json, whose
+    entries that are not records, e.g. a "note", are no cases: `records_only`)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object {{case_id: \"AP\" | \"LAT\" | \"OBL\"}}, "
                           f"found {type(data).__name__}")
     positions = {}
     for case_id, entry in data.items():
+        if records_only and not isinstance(entry, dict):
+            continue
         value = entry.get("position") if isinstance(entry, dict) else entry
         if value is None:
             continue  # a cases.json entry without a position: left to the next source
@@ -48,8 +51,8 @@ def parse_positions(data: Any, where: str) -> dict[str, str]:
     return positions
 
 
-def read_positions_file(path: str | Path) -> dict[str, str]:
-    """A user's positions file (JSON), checked."""
+def read_positions_file(path: str | Path, records_only: bool = False) -> dict[str, str]:
+    """A user's positions file (JSON), checked; `records_only` for a cases.json."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: positions file not found; give a JSON file {{case_id: \"AP\"}}")
@@ -57,7 +60,7 @@ def read_positions_file(path: str | Path) -> dict[str, str]:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc}); expected {{case_id: \"AP\" | \"LAT\" | \"OBL\"}}") from None
-    return parse_positions(data, str(path))
+    return parse_positions(data, str(path), records_only)
 
 
 def dataset_positions(dataset_root: str | Path) -> dict[str, str]:
@@ -65,7 +68,7 @@ def dataset_positions(dataset_root: str | Path) -> dict[str, str]:
     root = Path(dataset_root)
     positions: dict[str, str] = {}
     if (root / "cases.json").is_file():
-        positions.update(read_positions_file(root / "cases.json"))
+        positions.update(read_positions_file(root / "cases.json", records_only=True))
     meta_path = root / "dataset.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
