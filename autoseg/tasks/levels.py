@@ -25,6 +25,8 @@ from scipy import ndimage
 
 from autoseg.io import Geometry
 
+MAX_LISTED = 5  # problems and repairs listed per case; the rest are counted
+
 
 @dataclass(frozen=True)
 class Component:
@@ -32,6 +34,7 @@ class Component:
     value: int  # the level's label value
     voxels: int
     superior_mm: float  # world position along the patient's head axis (larger: nearer the head)
+    box: tuple[slice, ...]  # its bounding box
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ def _components(labels: np.ndarray, values: Sequence[int], geometry: Geometry) -
         return ids, []
     component_values = ndimage.maximum(levels, labels=ids, index=present)
     heights = world_points(np.asarray(stats["centroids"], dtype=float)[present], geometry)[:, 2]
-    return ids, [Component(i, int(v), int(stats["voxel_counts"][i]), float(h))
+    return ids, [Component(i, int(v), int(stats["voxel_counts"][i]), float(h), stats["bounding_boxes"][i])
                  for i, v, h in zip(present, component_values, heights)]
 
 
@@ -69,18 +72,29 @@ def _name(value: int, names: dict[int, str]) -> str:
 
 def _reassign_fragments(labels: np.ndarray, ids: np.ndarray, fragments: list[Component], values: Sequence[int],
                         names: dict[int, str]) -> list[str]:
-    """Each fragment goes to the level it touches most (face and edge neighbours), else to background."""
+    """Each fragment goes to the level it touches most (face neighbours), else to background; the
+    work stays inside each fragment's box, so thousands of specks (an untrained model) stay cheap."""
     repairs = []
+    bodies = np.where(np.isin(ids, [f.index for f in fragments]), 0, labels)  # fragments never adopt fragments
     for fragment in sorted(fragments, key=lambda c: c.voxels):
-        mask = ids == fragment.index
+        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in fragment.box)
+        mask = ids[box] == fragment.index
         ring = ndimage.binary_dilation(mask, iterations=1) & ~mask
-        touching = labels[ring]
+        local = labels[box]
+        touching = bodies[box][ring]
         touching = touching[np.isin(touching, values) & (touching != fragment.value)]
         target = int(np.bincount(touching).argmax()) if touching.size else 0
-        labels[mask] = target
+        local[mask] = target
         where = f"given to {_name(target, names)}" if target else "removed"
         repairs.append(f"{_name(fragment.value, names)}: a fragment of {fragment.voxels} voxels {where}")
-    return repairs
+    return _shortened(repairs)
+
+
+def _shortened(lines: list[str]) -> list[str]:
+    """At most MAX_LISTED lines, then how many more (a report stays readable for a noisy prediction)."""
+    if len(lines) <= MAX_LISTED:
+        return lines
+    return lines[:MAX_LISTED] + [f"... and {len(lines) - MAX_LISTED} more"]
 
 
 def _best_run(sequence: list[int], values: Sequence[int]) -> list[int] | None:
@@ -108,7 +122,7 @@ def check_levels(labels: np.ndarray, geometry: Geometry, values: Sequence[int], 
         main[c.value] = max(main.get(c.value, 0), c.voxels)
     threshold = fragment_fraction * float(np.median(list(main.values())))
     fragments = [c for c in components if c.voxels < threshold]
-    problems = [f"{_name(c.value, names)}: a separate fragment of {c.voxels} voxels" for c in fragments]
+    problems = _shortened([f"{_name(c.value, names)}: a separate fragment of {c.voxels} voxels" for c in fragments])
     repairs = _reassign_fragments(labels, ids, fragments, values, names)
     bodies = sorted((c for c in components if c.voxels >= threshold), key=lambda c: -c.superior_mm)
     sequence = [c.value for c in bodies]
