@@ -343,3 +343,17 @@ def test_a_speckled_prediction_is_cleaned_quickly_and_reported_briefly():
     assert time.perf_counter() - started < 10
     assert check.status == "repaired" and len(check.repairs) == 6 and check.repairs[-1].startswith("... and")
     assert np.array_equal(check.labels[:labels.shape[0], :12, :12], labels) and not check.labels[:, 20:, 20:].any()
+
+
+def test_predict_localized_refuses_a_folder_without_layout_json_with_exit_2_and_writes_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from autoseg.cli import app
+
+    images = tmp_path / "images"
+    images.mkdir()
+    write_image(images / "c1_0000.nii.gz", np.zeros((4, 5, 6), np.int16), HEAD_FIRST)
+    result = CliRunner().invoke(app, ["predict-localized", "-i", str(images), "-o", str(tmp_path / "out"),
+                                      "-m", str(tmp_path)], env={"COLUMNS": "250"})
+    assert result.exit_code == 2 and "layout.json" in result.output
+    assert not (tmp_path / "out").exists()
