@@ -14,7 +14,7 @@ qc-evaluate against cases.json; position inference accuracy from predicted and r
 Dataset601: 2d fold 0 (splits_final.json) trained with the task for --budget601 (and any
 --model601 runs given, e.g. an earlier fold-0 model), its 86 validation images predicted, qc run
 with every position AP on predictions and reference labels, and each criterion's agreement.
-Writes <workdir>/results.json and benchmarks/results/lumbar_xray_qc_figures.md.
+Writes <workdir>/results.json and <workdir>/figures.md (the tables of benchmarks/results/lumbar_xray_qc.md).
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ from autoseg.tasks.xray_positions import dataset_positions
 from autoseg.trainers.schedule import parse_duration
 
 TASK = "lumbar-xray-qc"
-RESULTS = Path(__file__).parent / "results" / "lumbar_xray_qc_figures.md"
 log = logging.getLogger("benchmark")
 
 
@@ -193,7 +192,7 @@ def main() -> None:
     if not args.skip_601:
         results["dataset601"] = dataset601(args)
         path.write_text(json.dumps(results, indent=2))
-    RESULTS.write_text(markdown(results))
+    (args.workdir / "figures.md").write_text(markdown(results))
     print(markdown(results))
 
 
