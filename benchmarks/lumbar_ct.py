@@ -31,7 +31,6 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
 
 LAYOUTS = ("3d_fullres", "cascade", "localized")
 GPU_MEMORY_GB = 1.2

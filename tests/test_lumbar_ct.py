@@ -204,6 +204,14 @@ def test_the_task_repairs_levels_and_reports_what_it_did():
     assert report["centroid_mm_L1"] == pytest.approx(list(world_points(l1[None], HEAD_FIRST)[0]), abs=0.01)
 
 
+def test_the_task_keeps_the_sacrum_as_one_bone():
+    labels = column([1, 2, 3, 4, 5, 6])
+    labels[0, 0, 0] = 6  # a stray speck of sacrum far from it
+    final, report = finish_prediction(task_plan("lumbar-ct"), _predicted(labels))
+    assert final[0, 0, 0] == 0 and np.array_equal(final, column([1, 2, 3, 4, 5, 6]))
+    assert report["level_status"] == "consistent"
+
+
 def test_with_repair_off_the_task_flags_and_keeps_the_labels():
     labels = column([1, 3, 2, 4, 5])
     final, report = finish_prediction(task_plan("lumbar-ct", {"repair_levels": False}), _predicted(labels))
