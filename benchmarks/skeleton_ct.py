@@ -48,10 +48,23 @@ def train_and_score(train_dir: Path, test_images: Path, test_labels: Path, work:
     trained_s = time.perf_counter() - start
     predictions = work / "predictions"
     api.predict_folder(test_images, predictions, [run], tta=False)
-    summary = api.evaluate(predictions, test_labels, workers=1, only_predicted=True)
-    bone = summary.mean_per_class["bone"]
     epochs = json.loads((Path(run) / "run.json").read_text()).get("epochs_done")
-    return {"dice": bone["dice"], "iou": bone["iou"], "train_s": trained_s, "epochs": epochs}
+    return {**overlap(predictions, test_labels), "train_s": trained_s, "epochs": epochs}
+
+
+def overlap(predictions: Path, labels: Path) -> dict:
+    """Mean Dice and IoU of bone over the predicted cases (counts only: surface distances on a
+    512 x 512 x 133 volume take minutes, and the ablation needs none)."""
+    dice, iou = [], []
+    for reference in sorted(labels.glob("*.nii.gz")):
+        predicted = predictions / reference.name
+        if not predicted.is_file():
+            continue
+        pred, ref = read_image(predicted)[0] > 0, read_image(reference)[0] > 0
+        both, either = np.count_nonzero(pred & ref), np.count_nonzero(pred | ref)
+        dice.append(2 * both / (np.count_nonzero(pred) + np.count_nonzero(ref)) if either else 1.0)
+        iou.append(both / either if either else 1.0)
+    return {"dice": float(np.mean(dice)), "iou": float(np.mean(iou))}
 
 
 def phantom_ablation(out: Path, budget_s: float) -> dict:
