@@ -380,3 +380,14 @@ def test_dti_prepare_and_metrics_on_the_real_dwi(shared_data, tmp_path):
     found = {(r["Metric"], r["Label"]): r for r in rows}
     assert found[("FA", "white_matter")]["Size [vox]"] == "422" and found[("MD", "gray_matter")]["Size [vox]"] == "98"
     assert 0 < float(found[("FA", "white_matter")]["BIN()"]) <= 1
+
+
+def test_dti_metrics_refuses_unknown_label_values_naming_the_file(tmp_path):
+    bvals, bvecs = scheme(6)
+    geometry = Geometry((1.0, 1.0, 4.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    write_dwi(tmp_path / "dwi", "c1", np.full((7, 1, 2, 2), 100.0), bvals, bvecs, geometry)
+    write_image(tmp_path / "pred" / "c1.nii.gz", np.full((1, 2, 2), 9, np.uint8), geometry)
+    result = invoke("dti-metrics", "-i", tmp_path / "dwi", "-p", tmp_path / "pred", "-o", tmp_path / "out")
+    assert result.exit_code == EXIT_PROBLEM
+    assert "c1.nii.gz: label values [9]" in " ".join(result.output.split())
+    assert files_under(tmp_path / "out") == []

@@ -79,11 +79,11 @@ def fa_index_error(fa_pred: float | None, fa_ref: float | None) -> float | None:
     return abs(fa_pred - fa_ref) / fa_ref * 100.0
 
 
-def label_names(values_seen: set[int]) -> dict[str, int]:
+def label_names(values_seen: set[int], where: str = "label maps") -> dict[str, int]:
     """The 8 cord regions when any value above 2 occurs, else white/gray matter."""
     if values_seen - set(REGIONS.values()):
-        raise DatasetError(f"label values {sorted(values_seen - set(REGIONS.values()))} are neither the 8 cord "
-                           "regions (1-8) nor white/gray matter (1, 2)")
+        raise DatasetError(f"{where}: label values {sorted(values_seen - set(REGIONS.values()))} are neither the 8 "
+                           "cord regions (1-8) nor white/gray matter (1, 2)")
     return dict(REGIONS) if max(values_seen, default=0) > 2 else dict(TISSUE_LABELS)
 
 
@@ -130,7 +130,7 @@ def case_metrics(case_id: str, dwi_path: Path, prediction: Path, reference: Path
     pred = read_on_grid(prediction, series.geometry, shape)
     ref = read_on_grid(reference, series.geometry, shape) if reference is not None else None
     seen = set(np.unique(pred).tolist()) | (set(np.unique(ref).tolist()) if ref is not None else set())
-    names = label_names(seen)
+    names = label_names(seen, f"{prediction}" + (f", {reference}" if reference is not None else ""))
     maps = dti.fit_tensor(series.data, series.bvals, series.bvecs, fit_method=fit_method,
                           b0_threshold=b0_threshold).maps()
     predicted = CaseMetrics(case_id, dwi_path, region_values(maps, pred, names))
