@@ -1,4 +1,9 @@
-"""The lumbar-ct task end to end on the large-field phantom (under 15 minutes on 2 CPU cores).
+"""The lumbar-ct task end to end on the large-field phantom.
+
+Time: two 3-minute training budgets plus about 4 minutes of CPU for the rest, so about 10 minutes on
+2 quiet cores; measured 23 minutes wall (4 minutes of CPU) on a 2-core machine shared with four
+other jobs (load 7-14), where the short budgets also leave the networks untrained (Dice near 0):
+raise --budget for useful figures.
 
     python examples/lumbar_ct.py [--budget 3m] [--cases 10] [--workdir lumbar_ct_work]
 
