@@ -1,4 +1,4 @@
-"""The skeleton-ct task end to end on the skeleton phantom (about 7 minutes on 2 CPU cores).
+"""The skeleton-ct task end to end on the skeleton phantom (about 8 minutes on 2 busy CPU cores).
 
     python examples/skeleton_ct.py [--budget 6m] [--cases 12] [--workdir skeleton_work]
 
