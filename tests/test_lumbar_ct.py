@@ -212,6 +212,12 @@ def test_the_task_keeps_the_sacrum_as_one_bone():
     assert report["level_status"] == "consistent"
 
 
+def test_a_flagged_case_still_leaves_each_level_in_one_piece():
+    final, report = finish_prediction(task_plan("lumbar-ct"), _predicted(column([3, 3])))
+    assert report["level_status"] == "flagged"
+    assert (final == 3).sum() == (column([3, 3]) == 3).sum() // 2  # one of the two equal pieces kept
+
+
 def test_with_repair_off_the_task_flags_and_keeps_the_labels():
     labels = column([1, 3, 2, 4, 5])
     final, report = finish_prediction(task_plan("lumbar-ct", {"repair_levels": False}), _predicted(labels))

@@ -9,8 +9,8 @@ the cascade 3d_lowres -> 3d_cascade_fullres and a plain 3d_fullres are the alter
 - Configurations: 3d_fullres and 3d_lowres (the localizer; large fields of view get it, and with
   it the cascade 3d_cascade_fullres).
 - Post step: level consistency (autoseg/tasks/levels.py): each of L1..L5 one component, in
-  head-to-foot order, none twice; repaired where unambiguous, flagged otherwise; the sacrum (one
-  bone with S1) keeps its largest component.
+  head-to-foot order, none twice; repaired where unambiguous, flagged otherwise; then each level
+  and the sacrum (one bone with S1) keeps its largest component, so every output has one per level.
 - Report per case: the check's status, problems and repairs, and each level's volume (mm^3) and
   world centroid (mm).
 - Evaluation (`autoseg evaluate`): besides per-vertebra Dice and HD95, the identification rate
@@ -61,14 +61,15 @@ def level_values(label_values: dict[str, int]) -> tuple[list[int], dict[int, str
 
 # ---------------------------------------------------------------- post step and report
 def consistent_levels(case: PredictedCase, options: LumbarCtOptions) -> np.ndarray:
-    """The label map with the level check's unambiguous repairs and the sacrum as one bone, its
-    largest component (unchanged with repair_levels off)."""
+    """The label map with the level check's unambiguous repairs, then every level and the sacrum as
+    one component, its largest (unchanged with repair_levels off)."""
     if not options.repair_levels or case.geometry.ndim != 3:
         return case.labels
     values, names = level_values(case.label_values)
     labels = check_levels(case.labels, case.geometry, values, names, options.fragment_fraction).labels
-    sacrum = case.label_values.get("sacrum")
-    return keep_largest_component(labels, [sacrum]) if sacrum is not None else labels
+    # a flagged case may still hold a level in several pieces: each level (and the sacrum) keeps its largest
+    bones = values + ([case.label_values["sacrum"]] if "sacrum" in case.label_values else [])
+    return keep_largest_component(labels, bones)
 
 
 def level_report(case: PredictedCase, options: LumbarCtOptions) -> dict[str, Any]:
