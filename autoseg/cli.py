@@ -391,7 +391,7 @@ def export_onnx(
 
 # The task wing's commands register on the same app, listed after the core ones.
 from autoseg import cli_tasks  # noqa: E402,F401
-from autoseg import cli_lumbar  # noqa: E402,F401
-from autoseg import cli_qc  # noqa: E402,F401
 from autoseg import cli_dti  # noqa: E402,F401
+from autoseg import cli_qc  # noqa: E402,F401
+from autoseg import cli_lumbar  # noqa: E402,F401
 from autoseg import cli_skeleton  # noqa: E402,F401

@@ -47,7 +47,6 @@ import dataclasses
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
@@ -116,11 +115,11 @@ class TaskProfile:
     report: Report | None = None
     evaluation: Evaluation | None = None
     raw_input: RawInput | None = None
-    case_weights: Callable[[Path, Sequence[str], Any], dict[str, float]] | None = None
     extra_channels: Callable[[Any], tuple[str, ...]] | None = None
     plan_options: Callable[[Any, tuple[NormalizationPlan, ...]], Any] | None = None
     normalization: Callable[[Any, tuple[NormalizationPlan, ...]], tuple[NormalizationPlan, ...]] | None = None
     foreground_slice_share: Callable[[Any], float] | None = None
+    case_weights: Callable[[Path, Sequence[str], Any], dict[str, float]] | None = None
 
     def __post_init__(self) -> None:
         if self.raw_augmentations and self.normalize_at != "loader":
