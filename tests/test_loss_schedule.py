@@ -103,6 +103,20 @@ def test_parse_duration_rejects_what_is_not_a_duration(text):
 
 
 # ---------------------------------------------------------------- time budget
+def test_every_budgeted_epoch_trains_at_least_one_step(make_dataset, tmp_path, monkeypatch):
+    """An epoch's share of the budget shorter than the first batch's wait still trains a step."""
+    from autoseg.trainers import trainer
+
+    dataset = make_dataset(num_cases=3, shape=(8, 16, 16), num_labels=2)
+    monkeypatch.setattr(trainer, "EPOCHS_PER_BUDGET", 1e9)  # each epoch's time share ~0 s
+    run = api.train(dataset, "2d", "full", tmp_path / "work", epochs=3, iters_per_epoch=10, val_iters=1,
+                    workers=0, time_budget_s=600.0)
+
+    history = torch.load(run / "checkpoint_final.pt", weights_only=False)["training"]["state"]["history"]
+    assert len(history["train_loss"]) == 3
+    assert all(math.isfinite(loss) for loss in history["train_loss"])
+
+
 def test_time_budget_ends_the_run_on_time_fully_decayed(make_dataset, tmp_path):
     dataset = make_dataset(num_cases=3, shape=(8, 16, 16), num_labels=2)
     workdir = tmp_path / "work"

@@ -237,9 +237,11 @@ class Trainer:
 
     def _epoch_time_up(self, started: float) -> bool:
         """With a time budget an epoch also ends after a tenth of the budget, so that even a short
-        run validates, saves a best checkpoint and draws its curves several times."""
+        run validates, saves a best checkpoint and draws its curves several times. An epoch takes at
+        least one step: a slow first batch (loader start-up on a busy machine) must not leave an
+        epoch that validates without having trained."""
         budget = self.options.time_budget_s
-        return bool(budget) and time.monotonic() - started >= budget / EPOCHS_PER_BUDGET
+        return bool(budget) and bool(self.state.epoch_losses) and time.monotonic() - started >= budget / EPOCHS_PER_BUDGET
 
     def _validation_batches(self) -> int:
         """With a time budget validation stays near 10% of the epoch's time (a forward pass costs
