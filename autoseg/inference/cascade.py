@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from autoseg import io
 from autoseg.cascade import foreground_values, previous_stage_channels
 from autoseg.errors import ConfigError
-from autoseg.inference.ensemble import Ensemble, load_models
+from autoseg.inference.ensemble import Ensemble
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,10 @@ def first_stage_runs(ensemble: Ensemble) -> list[Path]:
 class PreviousStage:
     """The first stage's predictor and the one-hot channels it gives a second-stage case."""
 
-    def __init__(self, ensemble: Ensemble, device, precision: str, tta: bool, step_fraction: float):
-        from autoseg.inference.predictor import Predictor  # the first stage is an ordinary prediction
-
+    def __init__(self, ensemble: Ensemble, predictor_for: Callable[[list[Path]], object]):
         runs = first_stage_runs(ensemble)
         log.info("cascade: first stage %s from %s", ensemble.config.previous_stage, ", ".join(map(str, runs)))
-        self.predictor = Predictor(load_models(runs, device), device, precision, tta, step_fraction)
+        self.predictor = predictor_for(runs)  # the first stage is an ordinary prediction
         self.config = ensemble.config
         self.values = foreground_values(ensemble.labels)
 
@@ -55,8 +54,9 @@ class PreviousStage:
         return np.concatenate([data, previous_stage_channels(labels, properties, self.config, self.values)])
 
 
-def previous_stage_for(ensemble: Ensemble, device, precision: str, tta: bool, step_fraction: float) -> PreviousStage | None:
-    """The first stage of a cascade's second stage; None for every other model."""
+def previous_stage_for(ensemble: Ensemble, predictor_for: Callable[[list[Path]], object]) -> PreviousStage | None:
+    """The first stage of a cascade's second stage (its runs -> `predictor_for(runs)`, a predictor with
+    the second stage's settings, handed in so this module needs no predictor); None for other models."""
     if getattr(ensemble.config, "previous_stage", None) is None:
         return None
-    return PreviousStage(ensemble, device, precision, tta, step_fraction)
+    return PreviousStage(ensemble, predictor_for)

@@ -99,7 +99,8 @@ class Predictor:
         self.precision = resolve_precision(precision, self.device, inference=True)
         self.ensemble = ensemble.to(self.device)
         # a cascade's second stage runs its first stage for extra input channels (inference/cascade.py)
-        self.previous_stage = previous_stage_for(self.ensemble, self.device, precision, tta, step_fraction)
+        self.previous_stage = previous_stage_for(
+            self.ensemble, lambda runs: Predictor(load_models(runs, self.device), self.device, precision, tta, step_fraction))
         self.tta, self.step_fraction, self.tile_batch_size = tta, step_fraction, tile_batch_size
         self.keep_largest = keep_largest
         self.max_tile_growth = max_tile_growth  # 1.0: always the training patch (nnU-Net's tiling)
