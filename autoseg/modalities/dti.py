@@ -22,6 +22,15 @@ from autoseg.errors import DatasetError
 log = logging.getLogger(__name__)
 
 FIT_METHODS = ("WLS", "OLS", "NLLS", "RESTORE")
+# The label convention of regional cord DTI (left/right dorsal, lateral, ventral white matter and
+# gray matter), shared by the dti-cord phantom and task.
+CORD_REGIONS = {
+    "background": 0,
+    "wm_dorsal_left": 1, "wm_dorsal_right": 2,
+    "wm_lateral_left": 3, "wm_lateral_right": 4,
+    "wm_ventral_left": 5, "wm_ventral_right": 6,
+    "gm_left": 7, "gm_right": 8,
+}  # fmt: skip
 B0_THRESHOLD = 50.0  # s/mm^2: volumes at or below count as b=0
 _MIN_SIGNAL = 1e-6  # floor before the log (log-linear solver only)
 

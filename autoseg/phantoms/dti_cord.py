@@ -17,19 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.modalities.dwi import write_fsl_gradients
 from autoseg.errors import ConfigError
 from autoseg.io import write_image
+from autoseg.modalities.dti import CORD_REGIONS
+from autoseg.modalities.dwi import write_fsl_gradients
 from autoseg.phantoms.common import Phantom, PhantomCase
 from autoseg.phantoms.solids import Grid, axial_rotation, coronal_rotation, sagittal_rotation
 
-LABELS = {
-    "background": 0,
-    "wm_dorsal_left": 1, "wm_dorsal_right": 2,
-    "wm_lateral_left": 3, "wm_lateral_right": 4,
-    "wm_ventral_left": 5, "wm_ventral_right": 6,
-    "gm_left": 7, "gm_right": 8,
-}  # fmt: skip
+LABELS = CORD_REGIONS
 MUSCLE, BONE, CSF, WM, GM = range(5)
 BASE_INPLANE = 48
 SPACING = (5.0, 0.8, 0.8)

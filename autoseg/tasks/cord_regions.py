@@ -29,14 +29,9 @@ import numpy as np
 
 from autoseg.errors import DatasetError
 from autoseg.io import Geometry
+from autoseg.modalities.dti import CORD_REGIONS
 
-REGIONS = {
-    "background": 0,
-    "wm_dorsal_left": 1, "wm_dorsal_right": 2,
-    "wm_lateral_left": 3, "wm_lateral_right": 4,
-    "wm_ventral_left": 5, "wm_ventral_right": 6,
-    "gm_left": 7, "gm_right": 8,
-}  # fmt: skip
+REGIONS = CORD_REGIONS
 TISSUE_LABELS = {"background": 0, "white_matter": 1, "gray_matter": 2}
 FALLBACK_HORN_DEG = (35.0, 130.0)  # dorsal, ventral tip angles from posterior
 ROUND_RATIO = 1.15
@@ -49,6 +44,14 @@ class HornAngles:
 
     dorsal: tuple[float, float]
     ventral: tuple[float, float]
+
+
+def label_names(values_seen: set[int], where: str = "label maps") -> dict[str, int]:
+    """The 8 cord regions when any value above 2 occurs, else white/gray matter."""
+    if values_seen - set(REGIONS.values()):
+        raise DatasetError(f"{where}: label values {sorted(values_seen - set(REGIONS.values()))} are neither the 8 "
+                           "cord regions (1-8) nor white/gray matter (1, 2)")
+    return dict(REGIONS) if max(values_seen, default=0) > 2 else dict(TISSUE_LABELS)
 
 
 def eight_regions(tissue: np.ndarray, geometry: Geometry, white: int = 1, gray: int = 2,

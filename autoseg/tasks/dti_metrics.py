@@ -24,7 +24,7 @@ from autoseg.atomic import atomic_write
 from autoseg.errors import DatasetError
 from autoseg.io import IMAGE_ENDINGS, Geometry, file_ending, read_label
 from autoseg.modalities import dti, dwi
-from autoseg.tasks.cord_regions import REGIONS, TISSUE_LABELS
+from autoseg.tasks.cord_regions import label_names
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,6 @@ def fa_index_error(fa_pred: float | None, fa_ref: float | None) -> float | None:
         return None
     return abs(fa_pred - fa_ref) / fa_ref * 100.0
 
-
-def label_names(values_seen: set[int], where: str = "label maps") -> dict[str, int]:
-    """The 8 cord regions when any value above 2 occurs, else white/gray matter."""
-    if values_seen - set(REGIONS.values()):
-        raise DatasetError(f"{where}: label values {sorted(values_seen - set(REGIONS.values()))} are neither the 8 "
-                           "cord regions (1-8) nor white/gray matter (1, 2)")
-    return dict(REGIONS) if max(values_seen, default=0) > 2 else dict(TISSUE_LABELS)
 
 
 # ---------------------------------------------------------------- folders

@@ -27,7 +27,7 @@ from autoseg.errors import DatasetError
 from autoseg.io import IMAGE_ENDINGS, file_ending, read_label, write_image
 from autoseg.modalities import dwi
 from autoseg.schema import write_json_atomic
-from autoseg.tasks.cord_regions import REGIONS, TISSUE_LABELS, eight_regions
+from autoseg.tasks.cord_regions import eight_regions, label_names
 from autoseg.tasks.dti_cord import CHANNEL_NAMES, NAME, DtiCordOptions, network_channels
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,7 @@ def read_case(dwi_path: Path, labels_dir: Path | None, options: DtiCordOptions, 
 
 def label_set(cases: Sequence[PreparedCase]) -> dict[str, int]:
     seen = set().union(*(set(np.unique(c.label).tolist()) for c in cases if c.label is not None))
-    if seen - set(REGIONS.values()):
-        raise DatasetError(f"label values {sorted(seen - set(REGIONS.values()))}: expected white/gray matter (1, 2) "
-                           "or the eight cord regions (1-8)")
-    return dict(REGIONS) if max(seen, default=0) > 2 else dict(TISSUE_LABELS)
+    return label_names(seen, "the prepared label maps")
 
 
 def prepare_dataset(raw: str | Path, out_dir: str | Path, channels: Sequence[str] = ("b0",),
