@@ -152,9 +152,11 @@ def train_localized(dataset_dir: str | Path, fold: str | int = 0, workdir: str |
     """Train a localize -> crop -> segment model (e.g. task lumbar-ct): the localizer configuration
     (default: the task's, 3d_lowres), a crop dataset cut to the labels plus `margin_mm`, and
     3d_fullres on the crops; returns the folder holding layout.json (autoseg/localized_training.py)."""
+    from autoseg.localized_training import Stages
     from autoseg.localized_training import train_localized as run
 
-    return run(dataset_dir, fold, workdir, localizer, margin_mm, progress, on_event, **options)
+    stages = Stages(train=train, plan=plan, load_or_make_plan=load_or_make_plan)
+    return run(stages, dataset_dir, fold, workdir, localizer, margin_mm, progress, on_event, **options)
 
 
 def predict_localized(inputs, output_dir: str | Path, layout: str | Path, tta: bool = True, step_fraction: float = 0.5,

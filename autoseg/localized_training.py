@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from autoseg import io, schema
 from autoseg.crop_box import box_around, box_document, crop_image
@@ -96,19 +97,27 @@ def write_crop_dataset(dataset: Dataset, out: Path, margin_mm: float, splits: li
 
 
 # ---------------------------------------------------------------- both stages
-def train_localized(dataset_dir: str | Path, fold: str | int = 0, workdir: str | Path | None = None,
+@dataclass(frozen=True)
+class Stages:
+    """The pipeline steps both stages use, handed in by autoseg.api (which this module must not import)."""
+
+    train: Callable[..., Path]  # api.train
+    plan: Callable[..., Any]  # api.plan
+    load_or_make_plan: Callable[..., Any]  # api.load_or_make_plan
+
+
+def train_localized(stages: Stages, dataset_dir: str | Path, fold: str | int = 0, workdir: str | Path | None = None,
                     localizer: str | None = None, margin_mm: float | None = None, progress=None, on_event=None,
                     **options) -> Path:
     """Train the localizer, write the crop dataset, train the segmenter; returns the layout folder
     holding layout.json. `options` are training options (TrainConfig fields) for both stages."""
-    from autoseg import api
     from autoseg.config import load_plan
     from autoseg.tasks import task_of
     from autoseg.trainers.splits import FULL, splits_for
 
     wd, dataset = Workdir.at(workdir), load_dataset(dataset_dir)
     fold = str(fold)
-    localizer_run = api.train(dataset.root, localizer or _planned_localizer(dataset, wd), fold, wd.root,
+    localizer_run = stages.train(dataset.root, localizer or _planned_localizer(stages, dataset, wd), fold, wd.root,
                               progress=progress, on_event=on_event, **options)
     task = task_of(load_plan(wd.plan_path(dataset.name)))
     localizer, margin = layout_options(task, localizer, margin_mm)
@@ -116,9 +125,9 @@ def train_localized(dataset_dir: str | Path, fold: str | int = 0, workdir: str |
     crops = write_crop_dataset(dataset, crops_folder(wd, dataset.name), margin, splits)
     crop_set = load_dataset(crops)
     if not wd.plan_path(crop_set.name).is_file():
-        api.plan(crops, wd.root, configs=[SEGMENTER_CONFIG], workers=max(1, options.get("workers", 1)),
+        stages.plan(crops, wd.root, configs=[SEGMENTER_CONFIG], workers=max(1, options.get("workers", 1)),
                  task=task.name if task else None, task_options=task.options if task else None)
-    segmenter_run = api.train(crops, SEGMENTER_CONFIG, fold, wd.root, progress=progress, on_event=on_event, **options)
+    segmenter_run = stages.train(crops, SEGMENTER_CONFIG, fold, wd.root, progress=progress, on_event=on_event, **options)
     folder = layout_folder(wd, dataset.name, fold)
     folder.mkdir(parents=True, exist_ok=True)
     document = {"layout": LAYOUT, "dataset": dataset.name, "fold": fold, "margin_mm": margin,
@@ -128,12 +137,11 @@ def train_localized(dataset_dir: str | Path, fold: str | int = 0, workdir: str |
     return folder
 
 
-def _planned_localizer(dataset: Dataset, wd: Workdir) -> str:
+def _planned_localizer(stages: Stages, dataset: Dataset, wd: Workdir) -> str:
     """The task's localizer configuration (planning first when there is no plan yet)."""
-    from autoseg import api
     from autoseg.tasks import task_of
 
-    plan = api.load_or_make_plan(dataset, wd, workers=1, progress=None)
+    plan = stages.load_or_make_plan(dataset, wd, workers=1, progress=None)
     return layout_options(task_of(plan), None, None)[0]
 
 
