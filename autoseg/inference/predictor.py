@@ -38,7 +38,7 @@ from autoseg.postprocessing import keep_largest_component
 from autoseg.preprocessing import preprocess_case, restore_original
 from autoseg.progress import ProgressFactory, task
 from autoseg.tasks import PredictedCase, finish_prediction, finishes_predictions
-from autoseg.tasks.profile import raw_input
+from autoseg.tasks.profile import collecting_case_outputs, raw_input
 from autoseg.tasks import reports as task_reports
 from autoseg.workdir import make_folder
 
@@ -59,7 +59,7 @@ class Inferred:
     probabilities: np.ndarray  # (K, *resampled) float32
     properties: dict[str, Any]  # from preprocess_case
     image: np.ndarray | None = None  # the input, kept when the model's task finishes predictions with it
-    extras: dict[str, Any] | None = None  # what the task's raw_input kept for its report
+    extras: dict[str, Any] | None = None  # what the task's raw_input and case steps kept for post steps and report
 
 
 def check_options(step_fraction: float = 0.5, max_tile_growth: float = DEFAULT_MAX_GROWTH, precision: str = "auto",
@@ -121,8 +121,9 @@ class Predictor:
     def infer(self, image: np.ndarray, geometry: io.Geometry, case_id: str = "case") -> Inferred:
         """The network part: preprocess, run every member, average their softmax probabilities."""
         self._check_image(image, geometry, case_id)
-        data, _, properties = preprocess_case(np.asarray(image, dtype=np.float32), geometry, None,
-                                              self.ensemble.config, case_id)
+        with collecting_case_outputs() as kept:  # a case step's by-products (a body mask) for the post steps
+            data, _, properties = preprocess_case(np.asarray(image, dtype=np.float32), geometry, None,
+                                                  self.ensemble.config, case_id)
         if self.previous_stage is not None:
             data = self.previous_stage.add_channels(data, np.asarray(image, dtype=np.float32), geometry, properties)
         tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
@@ -131,7 +132,9 @@ class Predictor:
             probabilities = torch.softmax(self._member_logits(member, tensor), dim=0)
             total = probabilities if total is None else total.add_(probabilities)
         total /= len(self.ensemble.members)
-        return Inferred(total.numpy(), properties, image if self._keep_inputs else None)
+        if not self._keep_inputs:
+            return Inferred(total.numpy(), properties)
+        return Inferred(total.numpy(), properties, image, dict(kept) or None)
 
     def finish(self, inferred: Inferred) -> tuple[np.ndarray, np.ndarray]:
         """The CPU part: restore to the original grid, then argmax and post-processing."""
@@ -236,7 +239,7 @@ class Predictor:
     def _infer_with(self, extras: dict[str, Any] | None, *args) -> Inferred:
         inferred = self.infer(*args)
         if extras is not None and self._keep_inputs:
-            inferred.extras = extras  # a bundle's combined result takes the attribute as well
+            inferred.extras = {**(inferred.extras or {}), **extras}  # a bundle's combined result takes the attribute as well
         return inferred
 
     def _read_case(self, case: CaseInput) -> tuple[np.ndarray, io.Geometry]:

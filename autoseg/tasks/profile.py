@@ -224,7 +224,8 @@ _KEPT: ContextVar[dict[str, np.ndarray] | None] = ContextVar("kept_case_outputs"
 
 def keep_case_output(name: str, array: np.ndarray) -> None:
     """Called by a case step: keep `array` (on the image's grid) for whoever collects outputs
-    (training preprocessing saves it beside the case); a no-op everywhere else (prediction)."""
+    (training preprocessing saves it beside the case; prediction hands it to the post steps and
+    report as `PredictedCase.extras`); a no-op where nobody collects."""
     kept = _KEPT.get()
     if kept is not None:
         kept[name] = array

@@ -139,7 +139,9 @@ def bone_inside_body(case: PredictedCase, options: SkeletonCtOptions) -> np.ndar
     """Labels outside the body mask set to background (only where table removal is on)."""
     if not options.remove_table:
         return case.labels
-    body = body_of(case.image[0].astype(np.float32), case.geometry, options, case.case_id)
+    body = case.extras.get("body_mask")  # kept by the case step; computed again only where it was not
+    if body is None:
+        body = body_of(case.image[0].astype(np.float32), case.geometry, options, case.case_id)
     return np.where(body, case.labels, 0).astype(case.labels.dtype)
 
 
