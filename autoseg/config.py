@@ -51,6 +51,8 @@ class CaseFingerprint:
     label_components: dict[str, int]  # label value (as str) -> connected components
     # label value (as str) -> centre of mass as a fraction of the image extent per axis (labels present only)
     label_centroids: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # bounding box of all foreground labels, in mm per axis (empty: no foreground, or an older fingerprint)
+    foreground_extent_mm: tuple[float, ...] = field(default=(), metadata=schema.OMIT_DEFAULT)
 
 
 @dataclass(frozen=True)

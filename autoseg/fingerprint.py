@@ -61,6 +61,18 @@ def _label_statistics(label: np.ndarray, values: list[int]) -> tuple[dict[str, f
     return fractions, components, centroids
 
 
+def foreground_extent_mm(label: np.ndarray, spacing) -> tuple[float, ...]:
+    """Size in mm, per axis, of the box around every foreground voxel; () without foreground."""
+    foreground = label > 0
+    if not foreground.any():
+        return ()
+    extent = []
+    for axis, step in enumerate(spacing):
+        hits = np.flatnonzero(foreground.any(axis=tuple(a for a in range(foreground.ndim) if a != axis)))
+        extent.append(round(float((hits[-1] + 1 - hits[0]) * step), 2))
+    return tuple(extent)
+
+
 def measure_case(case: Case, label_values: list[int], samples_per_case: int = SAMPLES_PER_CASE) -> _CaseMeasurement:
     """Read one case and summarise it. Runs in a worker process."""
     channels = [read_image(p) for p in case.images]
@@ -81,6 +93,7 @@ def measure_case(case: Case, label_values: list[int], samples_per_case: int = SA
         label_fractions=fractions,
         label_components=components,
         label_centroids=centroids,
+        foreground_extent_mm=foreground_extent_mm(label, geometry.spacing_zyx),
     )
     return _CaseMeasurement(fingerprint, foreground.astype(np.float32))
 

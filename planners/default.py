@@ -65,7 +65,9 @@ class PlanningContext:
         shapes = self.cropped_shapes * self.spacings / spacing
         return np.round(np.percentile(shapes, 50, axis=0))
 
-    def configure(self, name: str, spacing: np.ndarray) -> ConfigPlan:
+    def configure(self, name: str, spacing: np.ndarray, cover_mm: Sequence[float] | None = None) -> ConfigPlan:
+        """cover_mm: the patch need cover only this much (mm per axis of the configuration) of the
+        median image, not all of it (planners/structures.py; time-budget plans only)."""
         if name == "2d" and self.fingerprint.ndim == 3:  # axial slices: drop the slice axis
             spacing3d, median3d = spacing, self.median_shape_at(spacing)
             spacing, median_shape = spacing3d[1:], median3d[1:]
@@ -73,7 +75,8 @@ class PlanningContext:
         else:
             median_shape = self.median_shape_at(spacing)
             dataset_voxels = float(np.prod(median_shape)) * len(self.fingerprint.cases)
-        fitted = fit_patch_and_batch(tuple(spacing), tuple(median_shape), self.make_network, self.gpu_memory_gb, dataset_voxels)
+        covered = median_shape if cover_mm is None else np.minimum(median_shape, np.ceil(np.asarray(cover_mm) / spacing))
+        fitted = fit_patch_and_batch(tuple(spacing), tuple(covered), self.make_network, self.gpu_memory_gb, dataset_voxels)
         patch = fitted.topology.patch_size
         return ConfigPlan(
             name=name,

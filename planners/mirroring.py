@@ -10,7 +10,6 @@ by a visible margin. Ordered axes are not mirrored; the rest are, as in nnU-Net.
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Sequence
 
 from autoseg.config import Fingerprint
 

@@ -1,4 +1,5 @@
-"""Structure sizes from the fingerprint's label statistics (voxel fractions and component counts)."""
+"""Structure sizes from the fingerprint's label statistics (voxel fractions, component counts and
+the foreground's extent)."""
 from __future__ import annotations
 
 import math
@@ -27,6 +28,18 @@ def smallest_structure_mm(fingerprint: Fingerprint) -> float | None:
         return None
     smallest = min(median(sizes) for sizes in per_label.values())
     return _equivalent_diameter(smallest, fingerprint.ndim)
+
+
+def structure_cover_mm(fingerprint: Fingerprint, min_voxels: int, spacing) -> tuple[float, ...] | None:
+    """What a patch must cover (mm per axis) to hold the labelled structures with context: the median
+    foreground extent plus, as a margin of half of it on each side, the largest extent, and never
+    under `min_voxels` at `spacing`. None when the fingerprint has no foreground extents (older ones)."""
+    extents = [c.foreground_extent_mm for c in fingerprint.cases if c.foreground_extent_mm]
+    if not extents:
+        return None
+    extent = [median(e[axis] for e in extents) for axis in range(fingerprint.ndim)]
+    margin = max(extent)
+    return tuple(max(e + margin, min_voxels * s) for e, s in zip(extent, spacing))
 
 
 def _equivalent_diameter(size: float, ndim: int) -> float:

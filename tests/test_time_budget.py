@@ -151,3 +151,31 @@ def test_a_budget_plan_trains_for_its_budget_within_5_percent_and_records_time_t
     minutes = [point["minutes"] for point in record["time_to_dice"]]
     assert len(minutes) == record["epochs_done"] and minutes == sorted(minutes) and minutes[-1] <= budget / 60 * 1.05
     assert (run / "progress.png").is_file()
+
+
+def cord_fingerprint(extent_mm=(10.0, 18.0)) -> Fingerprint:
+    """Like the cord MRI slices: 384x320 px at 0.5 mm, two labels inside a ~1 x 2 cm box."""
+    fractions, components = {"0": 0.997, "1": 0.002, "2": 0.001}, {"0": 0, "1": 1, "2": 2}
+    cases = tuple(CaseFingerprint(f"c{i:03d}", (0.5, 0.5), (384, 320), (384, 320), fractions, components,
+                                  foreground_extent_mm=extent_mm) for i in range(8))
+    labels = {"background": 0, "white_matter": 1, "gray_matter": 2}
+    return Fingerprint("Dataset997_Cord", 2, ".nii.gz", labels, (ChannelFingerprint("T2star", "mr", STATS),), cases)
+
+
+def test_small_structures_in_large_images_get_patches_that_cover_them_not_the_whole_image():
+    cord = cord_fingerprint()
+    config = budget_plan(1800, cord).config("2d")
+    whole = plan_dataset(cord).config("2d")
+    assert whole.patch_size == (384, 320)  # without a budget: nnU-Net's whole-image patch, unchanged
+    assert math.prod(config.patch_size) * 4 <= math.prod(whole.patch_size)
+    # covers the structures (10 x 18 mm) plus an 18 mm margin, never under 64 px
+    assert all(p * s >= e + 18.0 and p >= 64 for p, s, e in zip(config.patch_size, config.spacing, (10.0, 18.0)))
+    assert any("instead of the whole image" in r for r in config.budget.reasons)
+    assert config.median_shape == whole.median_shape
+
+
+def test_structures_that_fill_the_image_keep_the_whole_image_patch():
+    spread = budget_plan(1800, cord_fingerprint(extent_mm=(150.0, 120.0))).config("2d")
+    unknown = budget_plan(1800, cord_fingerprint(extent_mm=())).config("2d")  # a fingerprint from before the extents
+    assert spread.patch_size == unknown.patch_size
+    assert not any("instead of the whole image" in r for r in spread.budget.reasons)
