@@ -29,8 +29,9 @@ from autoseg import schema
 from autoseg.atomic import atomic_write
 from autoseg.checkpoint import CHECKPOINT_PREFERENCE, PREDICTION_KEYS, config_plan_of, load_checkpoint, write_checkpoint
 from autoseg.errors import CheckpointError, ConfigError
-from autoseg.inference.bundle import (BUNDLE_FILE, BundleMember, ModelBundle, is_safe_member, load_bundle,
-                                      member_checkpoints)
+from autoseg.inference.bundle import (BUNDLE_FILE, BundleMember, ModelBundle, first_stage_checkpoints, is_safe_member,
+                                      load_bundle, member_checkpoints)
+from autoseg.inference.cascade import first_stage_runs_of
 from autoseg.inference.ensemble import load_models, resolve_checkpoint
 from autoseg.workdir import Workdir
 
@@ -70,13 +71,15 @@ def export_model(source: str | Path, out_zip: str | Path, name: str | None = Non
     only with overwrite=True. Returns the zip's path.
     """
     bundle, checkpoints, preloaded = _export_source(Path(source))
+    first_stages = _first_stages(bundle, checkpoints, preloaded)
     target = _zip_target(Path(out_zip), name, bundle.dataset_name, overwrite)
-    arcnames = _archive_names(bundle, checkpoints)
+    arcnames = _archive_names(bundle, checkpoints, first_stages, preloaded)
     packed = replace(bundle, predict_command="", members=tuple(
-        BundleMember(m.config, tuple(arcnames[p] for p in paths)) for m, paths in zip(bundle.members, checkpoints)))
+        BundleMember(m.config, tuple(arcnames[p] for p in paths), tuple(arcnames[p] for p in first))
+        for m, paths, first in zip(bundle.members, checkpoints, first_stages)))
     with atomic_write(target, suffix=".zip") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
         for path, arcname in arcnames.items():
-            payload = preloaded.get(path) or _prediction_payload(path)
+            payload = _payload(path, preloaded)
             _check_bundle_labels(bundle, payload, path)
             with archive.open(arcname, "w", force_zip64=True) as stream:
                 write_checkpoint(stream, payload)  # fresh checksums: the training section is gone
@@ -92,12 +95,35 @@ def _export_source(source: Path) -> tuple[ModelBundle, list[list[Path]], dict[Pa
                               f"a folder holding {BUNDLE_FILE}, or a bundle file such as best.json")
     if source.suffix == ".json" or (source.is_dir() and (source / BUNDLE_FILE).is_file()):
         bundle, base = load_bundle(source)
-        return bundle, member_checkpoints(bundle, base), {}
+        checkpoints = member_checkpoints(bundle, base)
+        first = first_stage_checkpoints(bundle, base)
+        return replace(bundle, members=tuple(replace(m, first_stage=tuple(map(str, f)))
+                                             for m, f in zip(bundle.members, first))), checkpoints, {}
     checkpoint = resolve_checkpoint(source).resolve()
     payload = _prediction_payload(checkpoint)
     bundle = ModelBundle(dataset_name=str(payload.get("dataset_name", "")), labels=_labels_of(payload),
                          members=(BundleMember(config_plan_of(payload).name, (str(checkpoint),)),))
     return bundle, [[checkpoint]], {checkpoint: payload}
+
+
+def _first_stages(bundle: ModelBundle, checkpoints: list[list[Path]], preloaded: dict[Path, dict[str, Any]]) -> list[list[Path]]:
+    """Per member, the first stage's checkpoints of a cascade's second stage (those a bundle names, else
+    the runs prediction would use: autoseg/inference/cascade.py); empty for other members."""
+    stages = []
+    for member, paths in zip(bundle.members, checkpoints):
+        if member.first_stage:
+            stages.append([Path(p) for p in member.first_stage])
+            continue
+        previous = config_plan_of(_payload(paths[0], preloaded)).previous_stage
+        runs = first_stage_runs_of([p.parent for p in paths], previous) if previous else []
+        stages.append([resolve_checkpoint(run).resolve() for run in runs])
+    return stages
+
+
+def _payload(path: Path, preloaded: dict[Path, dict[str, Any]]) -> dict[str, Any]:
+    if path not in preloaded:
+        preloaded[path] = _prediction_payload(path)
+    return preloaded[path]
 
 
 def _prediction_payload(path: Path) -> dict[str, Any]:
@@ -134,19 +160,28 @@ def _zip_target(out_zip: Path, name: str | None, dataset_name: str, overwrite: b
     return out_zip
 
 
-def _archive_names(bundle: ModelBundle, checkpoints: list[list[Path]]) -> dict[Path, str]:
-    """Checkpoint file -> '<config>/<fold folder>.pt' in the zip; a file shared by members is packed once."""
+def _archive_names(bundle: ModelBundle, checkpoints: list[list[Path]], first_stages: list[list[Path]],
+                   preloaded: dict[Path, dict[str, Any]]) -> dict[Path, str]:
+    """Checkpoint file -> '<config>/<fold folder>.pt' in the zip; a cascade's second stage and its first
+    stage keep a workdir's layout, '<config>/<fold folder>/<file>', so that prediction finds the first
+    stage beside the second after import. A file shared by members is packed once."""
     names: dict[Path, str] = {}
-    for member, paths in zip(bundle.members, checkpoints):
-        config = _safe_part(member.config)
+
+    def add(path: Path, config: str, nested: bool) -> None:
+        if path in names:
+            return
+        fold = _safe_part(path.parent.name if path.name in CHECKPOINT_PREFERENCE else path.stem)
+        stem = f"{fold}/{_safe_part(path.name)}" if nested else f"{fold}.pt"
+        candidate, counter = f"{config}/{stem}", 2
+        while candidate in names.values():
+            candidate, counter = f"{config}/{fold}_{counter}" + (f"/{_safe_part(path.name)}" if nested else ".pt"), counter + 1
+        names[path] = candidate
+
+    for member, paths, first in zip(bundle.members, checkpoints, first_stages):
         for path in paths:
-            if path in names:
-                continue
-            stem = _safe_part(path.parent.name if path.name in CHECKPOINT_PREFERENCE else path.stem)
-            candidate, counter = f"{config}/{stem}.pt", 2
-            while candidate in names.values():
-                candidate, counter = f"{config}/{stem}_{counter}.pt", counter + 1
-            names[path] = candidate
+            add(path, _safe_part(member.config), nested=bool(first))
+        for path in first:
+            add(path, _safe_part(config_plan_of(_payload(path, preloaded)).name), nested=True)
     return names
 
 
@@ -214,7 +249,7 @@ def _check_references(bundle: ModelBundle, names: set[str], zip_path: Path) -> N
     if not bundle.members or any(not m.checkpoints for m in bundle.members):
         raise CheckpointError(f"{zip_path}: {BUNDLE_FILE} needs at least one member with at least one checkpoint; "
                               "export the model again")
-    references = [c for m in bundle.members for c in m.checkpoints]
+    references = [c for m in bundle.members for c in m.files]
     problems = [_listed("outside the zip", [c for c in references if not is_safe_member(c)]),
                 _listed("missing from the zip", [c for c in references
                                                  if is_safe_member(c) and PurePosixPath(c).as_posix() not in names])]
@@ -236,7 +271,7 @@ def _read_json_member(archive: zipfile.ZipFile, zip_path: Path) -> Any:
 
 def _extract(archive: zipfile.ZipFile, zip_path: Path, bundle: ModelBundle, staging: Path) -> None:
     """Only model.json and the referenced checkpoints; a CRC error names the member."""
-    wanted = [BUNDLE_FILE] + sorted({PurePosixPath(c).as_posix() for m in bundle.members for c in m.checkpoints})
+    wanted = [BUNDLE_FILE] + sorted({PurePosixPath(c).as_posix() for m in bundle.members for c in m.files})
     skipped = [n for n in archive.namelist() if n not in wanted and not n.endswith("/")]
     if skipped:
         log.info("%s: not extracting %d file(s) that the model does not use: %s", zip_path, len(skipped), ", ".join(skipped))
@@ -255,6 +290,8 @@ def _check_loadable(bundle: ModelBundle, staging: Path, zip_path: Path) -> None:
     for member in bundle.members:
         try:
             ensemble = load_models([staging / c for c in member.checkpoints], "cpu")
+            if member.first_stage:
+                load_models([staging / c for c in member.first_stage], "cpu")
         except CheckpointError as exc:
             raise CheckpointError(str(exc).replace(str(staging) + os.sep, f"{zip_path}:")) from None
         if ensemble.labels != dict(bundle.labels):

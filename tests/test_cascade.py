@@ -3,7 +3,9 @@ the first stage's one-hot out-of-fold prediction as extra input channels on the 
 grid, training refused when those predictions are missing, and prediction running both stages."""
 from __future__ import annotations
 
+import json
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -88,6 +90,30 @@ def test_a_cascade_model_predicts_with_both_stages_and_keeps_the_geometry(large_
     labels, geometry = read_label(written[0])
     image, image_geometry = read_label(test / "imagesTr" / "lct_000_0000.nii.gz")
     assert geometry == image_geometry and labels.shape == image.shape
+    exported = api.export_model(cascade_run, tmp_path / "cascade.zip")
     shutil.rmtree(Workdir(large_field["work"]).run_dir("Dataset903_LumbarCT", "3d_lowres", 0).parent)
     with pytest.raises(ConfigError, match="its first stage '3d_lowres' was not found"):
         api.predict_folder(test / "imagesTr", tmp_path / "pred2", [cascade_run], tta=False)
+
+    # the exported cascade carries its first stage: it predicts alike with the workdir's copy gone
+    with zipfile.ZipFile(exported) as archive:
+        member = json.loads(archive.read("model.json"))["members"][0]
+    assert member["checkpoints"] == ["3d_cascade_fullres/fold_0/checkpoint_final.pt"]
+    assert member["first_stage"] == ["3d_lowres/fold_0/checkpoint_final.pt"]
+    imported = api.import_model(exported, tmp_path / "elsewhere")
+    again = api.predict_bundle_folder(test / "imagesTr", tmp_path / "pred3", imported, tta=False)
+    assert np.array_equal(read_label(again[0])[0], labels)
+
+
+def test_find_best_ranks_the_cross_validated_cascade_with_the_other_configurations(large_field, tmp_path):
+    """Cross-validate 3d_lowres (its out-of-fold predictions feed the cascade), then the cascade and
+    3d_fullres: find-best ranks all three, and the bundle it writes predicts with both stages."""
+    work = tmp_path / "work"
+    api.plan(large_field["data"], work, gpu_memory_gb=SMALL_GPU_GB, configs=["3d_fullres", "3d_lowres"], workers=1)
+    for config in ("3d_lowres", "3d_cascade_fullres", "3d_fullres"):
+        api.cross_validate(large_field["data"], config, workdir=work, **FAST)
+    bundle = api.find_best("Dataset903_LumbarCT", work, large_field["data"])
+    ranked = {row["name"] for row in bundle.ranking}
+    assert {"3d_lowres", "3d_cascade_fullres", "3d_fullres"} <= ranked
+    cascade_row = next(row for row in bundle.ranking if row["name"] == "3d_cascade_fullres")
+    assert 0.0 <= cascade_row["mean_foreground_dice"] <= 1.0

@@ -34,6 +34,14 @@ class Postprocessing:
 class BundleMember:
     config: str
     checkpoints: tuple[str, ...]  # relative to the bundle file's folder
+    # a cascade's second stage: its first stage's checkpoints, laid out as in a workdir
+    # (<first stage>/<fold>/...) beside the member's own (<config>/<fold>/...), where prediction finds them
+    first_stage: tuple[str, ...] = field(default=(), metadata=schema.OMIT_DEFAULT)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every checkpoint the member needs: its own and its first stage's."""
+        return self.checkpoints + self.first_stage
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,7 @@ def load_bundle(path: str | Path) -> tuple[ModelBundle, Path]:
     bundle = schema.load_document(ModelBundle, file, CheckpointError)
     if not bundle.members or any(not m.checkpoints for m in bundle.members):
         raise CheckpointError(f"{file}: a model bundle needs at least one member with at least one checkpoint")
-    outside = [c for m in bundle.members for c in m.checkpoints if not is_safe_member(c)]
+    outside = [c for m in bundle.members for c in m.files if not is_safe_member(c)]
     if outside:
         raise CheckpointError(f"{file}: checkpoint path(s) {', '.join(outside)} lead outside the bundle's folder "
                               f"{file.parent}; expected paths relative to it without '..'. Re-create the bundle "
@@ -73,10 +81,16 @@ def is_safe_member(name: str) -> bool:
 def member_checkpoints(bundle: ModelBundle, base: Path) -> list[list[Path]]:
     """Absolute checkpoint paths per member; missing files are an error naming them."""
     resolved = [[(base / c).resolve() for c in m.checkpoints] for m in bundle.members]
-    missing = [str(p) for paths in resolved for p in paths if not p.is_file()]
+    first_stages = [(base / c).resolve() for m in bundle.members for c in m.first_stage]
+    missing = [str(p) for p in [*(p for paths in resolved for p in paths), *first_stages] if not p.is_file()]
     if missing:
         raise CheckpointError(f"model bundle in {base}: checkpoint(s) missing: {', '.join(missing)}")
     return resolved
+
+
+def first_stage_checkpoints(bundle: ModelBundle, base: Path) -> list[list[Path]]:
+    """Absolute first-stage checkpoint paths per member (empty for members that are not a cascade's second stage)."""
+    return [[(base / c).resolve() for c in m.first_stage] for m in bundle.members]
 
 
 def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:

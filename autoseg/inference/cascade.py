@@ -3,8 +3,9 @@
 A model whose configuration has `previous_stage` (3d_cascade_fullres) finds its first stage next
 to it in the workdir, as nnU-Net does: <runs>/<dataset>/<previous_stage>/fold_<k> for each fold
 <k> of the second stage's members when all exist (in cross-validation each fold's validation cases
-then get the first stage that never saw them), else every numbered fold of the first stage. An
-exported cascade model does not carry its first stage: it is refused with the folders it looked in.
+then get the first stage that never saw them), else every numbered fold of the first stage; when
+neither exists the model is refused with the folders it looked in. An exported cascade carries its
+first stage in the same layout (autoseg/sharing.py), so the same rule finds it after import.
 """
 from __future__ import annotations
 
@@ -24,8 +25,12 @@ log = logging.getLogger(__name__)
 
 def first_stage_runs(ensemble: Ensemble) -> list[Path]:
     """The first stage's run folders beside the second stage's (see the module docstring)."""
-    previous = ensemble.config.previous_stage
     runs = [member.source.parent for member in ensemble.members]  # checkpoint -> its run folder
+    return first_stage_runs_of(runs, ensemble.config.previous_stage)
+
+
+def first_stage_runs_of(runs: list[Path], previous: str) -> list[Path]:
+    """The same rule from the second stage's run folders (<root>/<config>/<fold>) and the first stage's name."""
     stage_dirs = {run.parent.parent / previous for run in runs}
     same_folds = [run.parent.parent / previous / run.name for run in runs]
     if all((run / "run.json").is_file() or any(run.glob("*.pt")) for run in same_folds):
