@@ -356,10 +356,10 @@ def cross_validate(dataset_dir: str | Path, config: str, folds: Sequence[str] | 
     unless `rebuild_splits`. Every requested fold is checked before the first one trains.
     `parallel` > 1 trains that many folds at once, each in its own process, on `devices` in turn
     (default: the `device` option, the CPU cores split between the folds)."""
-    from autoseg.crossval import cross_validate as run
+    from autoseg.crossval import FoldSteps, cross_validate as run
 
-    return run(dataset_dir, config, folds, workdir, num_folds, group_by, progress, on_event,
-               rebuild_splits=rebuild_splits, parallel=parallel, devices=devices, **options)
+    return run(FoldSteps(train=train, prepare=_prepare), dataset_dir, config, folds, workdir, num_folds, group_by,
+               progress, on_event, rebuild_splits=rebuild_splits, parallel=parallel, devices=devices, **options)
 
 
 def resolve_models(models: Sequence[str | Path] = (), dataset: str | None = None, config: str | None = None,

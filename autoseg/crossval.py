@@ -13,9 +13,10 @@ predicts and summarises.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from autoseg import schema
 from autoseg.checkpoint import BEST, FINAL, LATEST
@@ -34,7 +35,17 @@ def crossval_dir(wd: Workdir, dataset: str, config: str) -> Path:
     return wd.run_dir(dataset, config, 0).parent / "crossval"
 
 
+@dataclass(frozen=True)
+class FoldSteps:
+    """The pipeline steps cross-validation runs, handed in by autoseg.api (which this module must not
+    import): `train` trains one fold (api.train), `prepare` plans and preprocesses once (api._prepare)."""
+
+    train: Callable[..., Path]
+    prepare: Callable[..., object]
+
+
 def cross_validate(
+    steps: FoldSteps,
     dataset_dir: str | Path,
     config: str,
     folds: Sequence[str] | None = None,
@@ -66,14 +77,15 @@ def cross_validate(
                 check_run_cases(wd.run_dir(dataset.name, config, k), split["train"], split["val"])
         out = crossval_dir(wd, dataset.name, config)
         if parallel > 1:
-            trained = _train_in_parallel(dataset, config, wanted, wd, num_folds, group_by, progress, on_event, parallel,
-                                         devices, options)
+            trained = _train_in_parallel(steps, dataset, config, wanted, wd, num_folds, group_by, progress, on_event,
+                                         parallel, devices, options)
         for fold in wanted:
             if parallel > 1:
                 run, trained_now = wd.run_dir(dataset.name, config, fold), fold in trained
             else:
                 log.info("cross-validation of %s: fold %s of %d", config, fold, len(splits))
-                run, trained_now = _train_fold(dataset, config, fold, wd, num_folds, group_by, progress, on_event, options, ranks)
+                run, trained_now = _train_fold(steps, dataset, config, fold, wd, num_folds, group_by, progress, on_event,
+                                               options, ranks)
             ranks.on_main(partial(_predict_out_of_fold, run, dataset, splits[int(fold)]["val"], out / "predictions",
                                   not trained_now, options, progress))
         return ranks.on_main(partial(_summarise, dataset, config, splits, wd, out))
@@ -105,17 +117,15 @@ def requested_folds(folds: Sequence[str] | None, splits: list, case_ids: list[st
     return list(dict.fromkeys(wanted))
 
 
-def _train_fold(dataset: Dataset, config: str, fold: str, wd: Workdir, num_folds, group_by, progress, on_event, options,
-                ranks) -> tuple[Path, bool]:
+def _train_fold(steps: FoldSteps, dataset: Dataset, config: str, fold: str, wd: Workdir, num_folds, group_by, progress,
+                on_event, options, ranks) -> tuple[Path, bool]:
     """Skip a finished fold, resume an interrupted or killed one, else train it; returns (run folder, trained now)."""
-    from autoseg import api
-
     run = wd.run_dir(dataset.name, config, fold)
     finished, resume = ranks.on_main(partial(_fold_state, run, fold))  # what rank 0 sees in the run folder
     if finished:
         return run, False
-    api.train(dataset.root, config, fold, wd.root, resume=resume, progress=progress, on_event=on_event,
-              num_folds=num_folds, group_by=group_by, **options)
+    steps.train(dataset.root, config, fold, wd.root, resume=resume, progress=progress, on_event=on_event,
+                num_folds=num_folds, group_by=group_by, **options)
     return run, True
 
 
@@ -130,19 +140,18 @@ def _fold_state(run: Path, fold: str) -> tuple[bool, bool]:
     return False, any((run / name).is_file() for name in (LATEST, BEST))  # the trainer takes the newer
 
 
-def _train_in_parallel(dataset: Dataset, config: str, wanted: list[str], wd: Workdir, num_folds, group_by, progress,
-                       on_event, parallel: int, devices: Sequence[str], options: dict) -> set[str]:
+def _train_in_parallel(steps: FoldSteps, dataset: Dataset, config: str, wanted: list[str], wd: Workdir, num_folds,
+                       group_by, progress, on_event, parallel: int, devices: Sequence[str], options: dict) -> set[str]:
     """Train the unfinished folds of `wanted`, up to `parallel` at once; returns the folds trained now."""
-    from autoseg import api
     from autoseg.trainers.parallel_folds import plan_jobs, train_folds
 
     # plan and preprocess here, once: fold processes doing it at the same time would race for the files
-    api._prepare(dataset.root, config, wd, max(1, options.get("workers", 2)), progress,
+    steps.prepare(dataset.root, config, wd, max(1, options.get("workers", 2)), progress,
                  time_budget_s=options.get("time_budget_s"), device=options.get("device", "auto"))
     states = {fold: _fold_state(wd.run_dir(dataset.name, config, fold), fold) for fold in wanted}
     todo = [(fold, resume) for fold, (finished, resume) in states.items() if not finished]
     jobs = plan_jobs(todo, parallel, options.get("device", "auto"), list(devices))
-    train_folds(jobs, parallel, {"dataset_dir": dataset.root, "config": config, "workdir": wd.root, "num_folds": num_folds,
+    train_folds(steps.train, jobs, parallel, {"dataset_dir": dataset.root, "config": config, "workdir": wd.root, "num_folds": num_folds,
                                  "group_by": group_by, **options}, on_event)
     return {fold for fold, _ in todo}
 

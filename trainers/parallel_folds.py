@@ -49,10 +49,12 @@ def plan_jobs(folds: list[tuple[str, bool]], parallel: int, device: str, devices
             for i, (fold, resume) in enumerate(folds)]
 
 
-def train_folds(jobs: list[FoldJob], parallel: int, train_options: dict[str, Any], on_event: EventCallback | None) -> None:
-    """Train `jobs`, at most `parallel` at once; `train_options` are api.train's keywords but fold,
-    resume, on_event and device. Raises KeyboardInterrupt when stopped, else an error naming every
-    failed fold."""
+def train_folds(train: Callable[..., Any], jobs: list[FoldJob], parallel: int, train_options: dict[str, Any],
+                on_event: EventCallback | None) -> None:
+    """Train `jobs`, at most `parallel` at once, each by `train` (autoseg.api.train, handed in: a
+    module-level function, so a spawned process can import it); `train_options` are its keywords but
+    fold, resume, on_event and device. Raises KeyboardInterrupt when stopped, else an error naming
+    every failed fold."""
     context = mp.get_context("spawn")
     messages = context.Queue()
     pending, running, outcomes = list(jobs), {}, {}
@@ -60,7 +62,7 @@ def train_folds(jobs: list[FoldJob], parallel: int, train_options: dict[str, Any
         while pending or running:
             while pending and len(running) < parallel and not stop.requested and not _failed(outcomes):
                 job = pending.pop(0)
-                running[job.fold] = _start(context, job, train_options, messages)
+                running[job.fold] = _start(context, train, job, train_options, messages)
             _receive(messages, on_event, outcomes, wait_s=_POLL_S)
             for fold, process in list(running.items()):
                 if not process.is_alive():
@@ -77,8 +79,8 @@ def _failed(outcomes: dict) -> bool:
     return any(kind == "failed" for kind, _ in outcomes.values())
 
 
-def _start(context, job: FoldJob, train_options: dict, messages) -> mp.Process:
-    process = context.Process(target=_fold_main, args=(job, train_options, messages), name=f"autoseg-fold-{job.fold}")
+def _start(context, train: Callable[..., Any], job: FoldJob, train_options: dict, messages) -> mp.Process:
+    process = context.Process(target=_fold_main, args=(train, job, train_options, messages), name=f"autoseg-fold-{job.fold}")
     with children_ignore_sigint():  # the fold ignores Ctrl-C until it has left the terminal's process group
         process.start()
     log.info("fold %s: started (process %d, %s, %d CPU threads)%s", job.fold, process.pid, job.device, job.threads,
@@ -116,13 +118,12 @@ def _raise_for(outcomes: dict, stopped: bool) -> None:
 
 
 # ---------------------------------------------------------------- the fold's process
-def _fold_main(job: FoldJob, train_options: dict, messages) -> None:
+def _fold_main(train: Callable[..., Any], job: FoldJob, train_options: dict, messages) -> None:
     """One fold's training, reporting to the parent through `messages`."""
     os.setsid()  # off the terminal's process group: stop signals come from the parent, once
     signal.signal(signal.SIGINT, signal.default_int_handler)
     import torch
 
-    from autoseg import api
     from autoseg.trainers.distributed import managed_by_parent
 
     torch.set_num_threads(job.threads)
@@ -134,7 +135,7 @@ def _fold_main(job: FoldJob, train_options: dict, messages) -> None:
 
     try:
         with managed_by_parent():
-            api.train(fold=job.fold, resume=job.resume, on_event=on_event, **{**train_options, "device": job.device})
+            train(fold=job.fold, resume=job.resume, on_event=on_event, **{**train_options, "device": job.device})
         messages.put(("finished", job.fold, None))
     except KeyboardInterrupt:
         messages.put(("interrupted", job.fold, None))
