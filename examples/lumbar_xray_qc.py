@@ -5,8 +5,9 @@
 1. writes a training phantom and an unseen test phantom (different seeds; AP, LAT and OBL in turn,
    a third of them deliberately not qualified, the true verdicts in cases.json),
 2. plans with the task and trains the 2d configuration for a short time budget (positions balanced),
-3. predicts the test images (each prediction gets the task's QC report, position inferred),
-4. runs `autoseg qc` on the predictions (positions from cases.json) and on the reference labels,
+3. predicts the test images: with a model of this task, predict runs the QC over the folder it
+   wrote (qc.json, qc.csv, overlays; positions from the test set's cases.json),
+4. runs `autoseg qc` on the reference labels, for comparison,
 5. prints Dice per position, then `autoseg qc-evaluate` against the true verdicts (accuracy,
    sensitivity, specificity per position) and against the verdicts from the reference labels.
 The same steps on the command line are printed at the end.
@@ -59,17 +60,17 @@ def main() -> None:
     api.predict_folder(test_dir / "imagesTr", work / "pred", [run], tta=False)
     summary = api.evaluate(work / "pred", test_dir / "labelsTr", workers=1)
 
-    console.rule("4. quality control of predictions and of reference labels")
-    predicted = api.qc(test_dir / "imagesTr", work / "pred", work / "qc")
+    console.rule("4. quality control: of the predictions (written by predict), of the reference labels")
+    verdicts = [c["verdict"] for c in json.loads((work / "pred" / "qc.json").read_text())["cases"].values()]
+    failed = sum(v != "qualified" for v in verdicts)
+    console.print(f"{len(verdicts) - failed} qualified, {failed} not qualified; overlays in {work / 'pred' / 'overlays'}")
     api.qc(test_dir / "imagesTr", test_dir / "labelsTr", work / "qc_reference")
-    failed = sum(1 for r in predicted.results if r.failed)
-    console.print(f"{len(predicted.results) - failed} qualified, {failed} not qualified; overlays in {work / 'qc' / 'overlays'}")
 
     console.rule("5. results")
     console.print(dice_table(dice_by_position(summary.per_case, dataset_positions(test_dir))))
-    truth = api.qc_evaluate(work / "qc" / "qc.json", test_dir / "cases.json", work / "qc" / "qc_evaluation.json")
+    truth = api.qc_evaluate(work / "pred" / "qc.json", test_dir / "cases.json", work / "qc_evaluation.json")
     console.print(qc_scores_table(truth))
-    agreement = api.qc_evaluate(work / "qc" / "qc.json", work / "qc_reference" / "qc.json")
+    agreement = api.qc_evaluate(work / "pred" / "qc.json", work / "qc_reference" / "qc.json")
     console.print("verdicts from predicted vs from reference labels: agreement "
                   f"{agreement['overall']['accuracy']:.3f} over {agreement['overall']['n']} images")
     console.print(agreement_table(agreement["criteria_agreement"]))
@@ -81,9 +82,9 @@ def main() -> None:
         f"  autoseg example lumbar-xray {work}/data --cases {args.cases}\n"
         f"  autoseg plan {train_dir} -w {work} --task {TASK}\n"
         f"  autoseg train {train_dir} 2d 0 -w {work} --time-budget {args.budget}\n"
-        f"  autoseg predict -i {test_dir}/imagesTr -o {work}/pred -m {run} --no-tta\n"
-        f"  autoseg qc -i {test_dir}/imagesTr -p {work}/pred -o {work}/qc\n"
-        f"  autoseg qc-evaluate {work}/qc/qc.json {test_dir}/cases.json"
+        f"  autoseg predict -i {test_dir}/imagesTr -o {work}/pred -m {run} --no-tta   # + qc.json, qc.csv, overlays\n"
+        f"  autoseg qc -i {test_dir}/imagesTr -p {test_dir}/labelsTr -o {work}/qc_reference\n"
+        f"  autoseg qc-evaluate {work}/pred/qc.json {test_dir}/cases.json"
     )
     (work / "example_result.json").write_text(json.dumps({"dice_per_position": dice_by_position(
         summary.per_case, dataset_positions(test_dir)), "qc": truth, "agreement_with_reference": agreement}, indent=2))

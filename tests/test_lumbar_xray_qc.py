@@ -4,6 +4,7 @@ the phantom's known verdicts."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from autoseg.cli import app
 from autoseg.data.sampling import _case_probabilities
 from autoseg.errors import ConfigError
 from autoseg.io import Geometry, write_image
-from autoseg.tasks import qc_criteria as qc
+from autoseg.tasks import finish_folder, qc_criteria as qc, task_plan
 from autoseg.tasks.lumbar_xray_qc import LumbarXrayQcOptions, position_weights
 from autoseg.tasks.qc_evaluation import evaluate_qc
 from autoseg.tasks.qc_report import judge
@@ -330,3 +331,19 @@ def test_phantom_faults_are_recorded_and_qc_on_reference_labels_finds_them(tmp_p
     for case_id, entry in truth.items():
         assert judged[case_id]["verdict"] == entry["qc"]["verdict"], (case_id, judged[case_id]["reasons"])
         assert set(entry["qc"]["reasons"]) <= set(judged[case_id]["failed"])
+
+
+def test_predicting_with_a_model_of_the_task_runs_qc_over_the_predicted_folder(folder, tmp_path):
+    """The folder report that `autoseg predict` runs for this task (finish_folder): `autoseg qc`'s
+    outputs beside the predictions, positions as the images' dataset gives them."""
+    predictions = tmp_path / "pred"
+    shutil.copytree(folder / "labelsTr", predictions)
+    written = finish_folder(task_plan("lumbar-xray-qc"), folder / "imagesTr", predictions, LABELS)
+    assert {p.name for p in written} >= {"qc.json", "qc.csv", "off.png", "good.report.json", "off.report.json"}
+    cases = json.loads((predictions / "qc.json").read_text())["cases"]
+    assert {c: (e["position"], e["position_source"], e["verdict"]) for c, e in cases.items()} == {
+        "good": ("AP", "given", "qualified"), "off": ("AP", "given", "not qualified")}
+    report = json.loads((predictions / "off.report.json").read_text())
+    assert report["task"] == "lumbar-xray-qc" and report["failed"] == "centring" and "centr" in report["reasons"]
+    assert evaluate_qc(predictions / "qc.json", predictions / "qc.json")["overall"]["accuracy"] == 1.0
+    assert finish_folder(task_plan("lumbar-xray-qc"), None, predictions, LABELS) == []  # inputs from several folders

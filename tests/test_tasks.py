@@ -78,9 +78,12 @@ def test_every_task_plans_trains_predicts_and_reports_on_its_phantom(trained, na
     ending = json.loads((found["data"] / "dataset.json").read_text())["file_ending"]
     labels = sorted(found["predictions"].glob(f"*{ending}"))
     assert len(labels) == 2
-    if TASKS.get(name).report is not None:
+    profile = TASKS.get(name)
+    if profile.report is not None or profile.folder_report is not None:
         reports = sorted(found["predictions"].glob("*.report.json"))
         assert [p.name.split(".")[0] for p in reports] == [p.name.split(".")[0] for p in labels]
+        assert all(json.loads(p.read_text())["task"] == name for p in reports)
+    if profile.report is not None:
         rows = list(csv.DictReader((found["predictions"] / SUMMARY_CSV).open()))
         assert [r["case_id"] for r in rows] == [p.name.split(".")[0] for p in labels]
         assert all(r["task"] == name for r in rows)

@@ -37,7 +37,7 @@ from autoseg.inference.tiling import DEFAULT_MAX_GROWTH, choose_tile, patches_pe
 from autoseg.postprocessing import keep_largest_component
 from autoseg.preprocessing import preprocess_case, restore_original
 from autoseg.progress import ProgressFactory, task
-from autoseg.tasks import PredictedCase, finish_prediction, finishes_predictions
+from autoseg.tasks import PredictedCase, finish_folder, finish_prediction, finishes_predictions
 from autoseg.tasks.profile import collecting_case_outputs, raw_input
 from autoseg.tasks import reports as task_reports
 from autoseg.workdir import make_folder
@@ -296,6 +296,8 @@ class Predictor:
         if self._keep_inputs:
             summary = task_reports.write_summary(output_dir, [targets[c.case_id] for c in cases])
             log.info("task reports of %s: %s", self.task.name, summary)
+        for path in finish_folder(self.task, _images_folder(input_dir_or_files, cases), output_dir, dict(self.ensemble.labels)):
+            log.info("task report of %s: %s", self.task.name, path)
         return written
 
     def _task_case_ids(self, cases: list[CaseInput]) -> list[CaseInput]:
@@ -345,6 +347,14 @@ def _refuse_input_folder(source: str | Path | Sequence[str | Path], cases: list[
     if out in forbidden or any(out.is_relative_to(d) for d in dicom_folders):
         raise ConfigError(f"{output_dir}: this folder holds input images; predictions are never written next to "
                           "their inputs (they could overwrite them); choose another output folder")
+
+
+def _images_folder(source: str | Path | Sequence[str | Path], cases: list[CaseInput]) -> Path | None:
+    """The one folder the inputs come from: a folder given, else the folder every case's files share."""
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        return Path(source)
+    folders = {p.resolve().parent for c in cases for p in c.files}  # image files or DICOM series folders
+    return folders.pop() if len(folders) == 1 else None
 
 
 # ---------------------------------------------------------------------- in-memory API

@@ -1,6 +1,6 @@
 """Clinical task profiles (see profile.py). Importing this package registers every task."""
 from autoseg.tasks.profile import (  # noqa: F401
-    TASKS, PredictedCase, TaskProfile, apply_task, finish_prediction, finishes_predictions, raw_augmentations,
+    TASKS, PredictedCase, TaskProfile, apply_task, finish_folder, finish_prediction, finishes_predictions, raw_augmentations,
     resolve, run_case_steps, task_of, task_plan,
 )
 from autoseg.tasks import cervical_lowdose  # noqa: F401,E402  (registers "cervical-lowdose")

@@ -11,9 +11,9 @@ with the failed criteria, their values and a reason each (README "lumbar-xray-qc
   failing those, inferred from the labels (autoseg/tasks/xray_positions.py).
 - Training draws cases so that each position is drawn equally often (case_weights: 1 / the
   position's count among the training cases), so a rare position is not starved.
-- Report per predicted case: the position inferred from the prediction, every criterion's value
-  and pass/fail, the verdict and its reasons (`autoseg qc` does a folder, with given positions,
-  qc.json, qc.csv and overlays).
+- After `autoseg predict`, `autoseg qc` runs over the predicted folder: qc.json, qc.csv, an
+  overlay per failed image and <case>.report.json, with the positions the images' dataset gives
+  (else inferred from the prediction): every criterion's value and pass/fail, verdict, reasons.
 - Evaluation (`autoseg evaluate`): Dice per class and per position, the position of each case
   inferred from its reference labels.
 """
@@ -29,9 +29,11 @@ import numpy as np
 
 from autoseg.errors import ConfigError
 from autoseg.io import Geometry
-from autoseg.tasks.profile import PredictedCase, TaskProfile, register
+from autoseg.schema import write_json_atomic
+from autoseg.tasks.profile import TaskProfile, register
 from autoseg.tasks.qc_criteria import infer_position
-from autoseg.tasks.qc_report import judge, radiograph_from
+from autoseg.tasks.qc_report import radiograph_from, run_qc
+from autoseg.tasks.reports import REPORT_SUFFIX
 from autoseg.tasks.qc_rules import load_rules
 from autoseg.tasks.xray_positions import dataset_positions
 
@@ -69,14 +71,20 @@ def position_weights(dataset_root: Path, case_ids: Sequence[str], options: Lumba
 
 
 # ---------------------------------------------------------------- report after prediction
-def qc_report(case: PredictedCase, options: LumbarXrayQcOptions) -> dict[str, Any]:
-    """The QC verdict of one predicted radiograph, its position inferred from the prediction."""
-    radiograph = radiograph_from(case.labels, case.geometry, case.label_values, case.image[0], options.pixel_spacing_mm)
-    result = judge(radiograph, load_rules(options.qc_rules), case.case_id)
-    row = result.flat()
-    row.pop("case_id")
-    row["reasons"] = " ".join(result.criteria[name].reason + "." for name in result.failed)
-    return row
+def qc_folder(images_dir: Path, predictions_dir: Path, label_values: dict[str, int],
+              options: LumbarXrayQcOptions) -> list[Path]:
+    """`autoseg qc` over the predicted folder, positions given by the images' dataset where it has
+    them: qc.json, qc.csv, an overlay per failed image, and <case>.report.json per case (naming the
+    task, so `autoseg evaluate` finds it)."""
+    run = run_qc(images_dir, predictions_dir, predictions_dir, rules_file=options.qc_rules,
+                 label_values=label_values, pixel_spacing_mm=options.pixel_spacing_mm)
+    written = [run.qc_json, run.qc_csv, *run.overlays]
+    for result in run.results:
+        row = result.flat()
+        row["reasons"] = " ".join(result.criteria[name].reason + "." for name in result.failed)
+        report = {"case_id": row.pop("case_id"), "task": NAME, **row}
+        written.append(write_json_atomic(predictions_dir / f"{result.case_id}{REPORT_SUFFIX}", report))
+    return written
 
 
 # ---------------------------------------------------------------- evaluation: Dice per position
@@ -106,7 +114,7 @@ PROFILE = register(TaskProfile(
     phantom="lumbar-xray",
     options=LumbarXrayQcOptions,
     configurations=("2d",),
-    report=qc_report,
+    folder_report=qc_folder,
     evaluation=dice_per_position,
     case_weights=position_weights,
 ))

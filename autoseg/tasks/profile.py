@@ -25,6 +25,9 @@ and exported models carry it and `autoseg predict` needs nothing else. The pipel
 - `post_steps` on each predicted label map, then `report`, written per case as JSON and
   summarized as CSV by the predictor ((PredictedCase, options) -> labels / a flat dict); a report
   also sees `raw_labels`, the network's labels before the post steps;
+- `folder_report` once a folder is predicted ((images folder, predictions folder, label values,
+  options) -> files written): a report over the folder in the task's own format, with the
+  inputs' folder at hand (e.g. `autoseg qc`'s qc.json, qc.csv and overlays);
 - `evaluation` in `autoseg evaluate`, for the task's own metrics beyond per-class overlap
   ((case id, prediction, reference, geometry) per case, labels, options -> a JSON-able dict that
   summary.json holds under "task_metrics");
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +60,8 @@ from autoseg.config import ConfigPlan, NormalizationPlan, NormalizeAt, Plan, Tas
 from autoseg.errors import ConfigError
 from autoseg.io import Geometry
 from autoseg.registry import Registry
+
+log = logging.getLogger(__name__)
 
 LAYOUTS = ("single", "localize-crop-segment")
 
@@ -77,6 +83,7 @@ CaseStep = Callable[[np.ndarray, Geometry, Any, str], np.ndarray]
 RawAugmentation = Callable[[Any], Callable[..., dict]]
 PostStep = Callable[[PredictedCase, Any], np.ndarray]
 Report = Callable[[PredictedCase, Any], dict[str, Any]]
+FolderReport = Callable[[Path, Path, dict[str, int], Any], Sequence[Path]]
 Evaluation = Callable[[Sequence[tuple[str, np.ndarray, np.ndarray, Geometry]], dict[str, int], Any], dict[str, Any]]
 
 
@@ -113,6 +120,7 @@ class TaskProfile:
     model_layout: Literal["single", "localize-crop-segment"] = "single"
     post_steps: tuple[PostStep, ...] = ()
     report: Report | None = None
+    folder_report: FolderReport | None = None
     evaluation: Evaluation | None = None
     raw_input: RawInput | None = None
     extra_channels: Callable[[Any], tuple[str, ...]] | None = None
@@ -273,6 +281,21 @@ def finish_prediction(task: TaskPlan | None, case: PredictedCase) -> tuple[np.nd
         case = dataclasses.replace(case, labels=step(case, options))
     report = profile.report(case, options) if profile.report else None
     return case.labels, ({"case_id": case.case_id, "task": task.name, **report} if report is not None else None)
+
+
+def finish_folder(task: TaskPlan | None, images_dir: Path | None, predictions_dir: Path,
+                  label_values: dict[str, int]) -> list[Path]:
+    """The task's folder report over a predicted folder (nothing without a task, a folder report or
+    an images folder: a file list from several folders)."""
+    if task is None:
+        return []
+    profile, options = resolve(task)
+    if profile.folder_report is None:
+        return []
+    if images_dir is None:
+        log.warning("task %s: no folder report (%s needs the images in one folder)", task.name, profile.name)
+        return []
+    return list(profile.folder_report(Path(images_dir), Path(predictions_dir), label_values, options))
 
 
 def evaluate_task(task: TaskPlan | None, cases: Sequence[tuple[str, np.ndarray, np.ndarray, Geometry]],

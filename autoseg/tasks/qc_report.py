@@ -153,15 +153,20 @@ class QCRun:
 
 
 def run_qc(images_dir: str | Path, predictions_dir: str | Path, output_dir: str | Path,
-           positions_file: str | Path | None = None, rules_file: str | Path | None = None) -> QCRun:
-    """Judge every prediction of a folder; everything is checked before anything is written."""
+           positions_file: str | Path | None = None, rules_file: str | Path | None = None,
+           label_values: Mapping[str, int] | None = None, pixel_spacing_mm: float | None = None) -> QCRun:
+    """Judge every prediction of a folder; everything is checked before anything is written.
+
+    label_values: the label names (default: dataset.json); pixel_spacing_mm: for plain 2D images
+    that cases.json gives no spacing (default: as read)."""
     images_dir, predictions_dir, output_dir = Path(images_dir), Path(predictions_dir), Path(output_dir)
     rules = load_rules(rules_file)
     cases = find_cases(images_dir, predictions_dir)
     given = dataset_positions(dataset_folder(images_dir))
     if positions_file is not None:
         given.update(read_positions_file(positions_file))
-    names, spacings = label_names(images_dir, predictions_dir), pixel_spacings(images_dir)
+    names = dict(label_values) if label_values else label_names(images_dir, predictions_dir)
+    spacings = pixel_spacings(images_dir)
     results, pictures = [], {}
     for case in cases:
         labels, geometry = io.read_label(case.prediction)
@@ -171,7 +176,7 @@ def run_qc(images_dir: str | Path, predictions_dir: str | Path, output_dir: str 
                               f"{image.shape[1:]}")
         plain = case.image.is_file() and io.file_ending(case.image) in io.PLAIN_2D_ENDINGS
         radiograph = radiograph_from(labels, image_geometry, names, image[0],
-                                     spacings.get(case.case_id) if plain else None)
+                                     spacings.get(case.case_id, pixel_spacing_mm) if plain else None)
         position, source = position_of(case.case_id, given, case.image)
         result = judge(radiograph, rules, case.case_id, position, source)
         results.append(result)
