@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from statistics import median
+from typing import Sequence
 
 from autoseg.config import Fingerprint
 
@@ -30,14 +31,16 @@ def smallest_structure_mm(fingerprint: Fingerprint) -> float | None:
     return _equivalent_diameter(smallest, fingerprint.ndim)
 
 
-def structure_cover_mm(fingerprint: Fingerprint, min_voxels: int, spacing) -> tuple[float, ...] | None:
-    """What a patch must cover (mm per axis) to hold the labelled structures with context: the median
-    foreground extent plus, as a margin of half of it on each side, the largest extent, and never
-    under `min_voxels` at `spacing`. None when the fingerprint has no foreground extents (older ones)."""
+def structure_cover_mm(fingerprint: Fingerprint, min_voxels: int, spacing, axes: Sequence[int] | None = None) -> tuple[float, ...] | None:
+    """What a patch must cover (mm per axis of `axes`, default all) to hold the labelled structures with
+    context: the median foreground extent plus, as a margin of half of it on each side, the largest of
+    those extents, and never under `min_voxels` at `spacing` (given for `axes`). None when the
+    fingerprint has no foreground extents (older ones)."""
+    axes = list(range(fingerprint.ndim)) if axes is None else list(axes)
     extents = [c.foreground_extent_mm for c in fingerprint.cases if c.foreground_extent_mm]
     if not extents:
         return None
-    extent = [median(e[axis] for e in extents) for axis in range(fingerprint.ndim)]
+    extent = [median(e[axis] for e in extents) for axis in axes]
     margin = max(extent)
     return tuple(max(e + margin, min_voxels * s) for e, s in zip(extent, spacing))
 

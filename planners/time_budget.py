@@ -167,10 +167,10 @@ class _BudgetFit:
         """The plan whose patch covers the labelled structures with a margin instead of the whole
         median image, where that is at least COVER_GAIN times fewer voxels (small structures in large
         images: a cord in a neck slice); else the whole-image plan."""
-        cover = structure_cover_mm(self.fingerprint, MIN_COVER_VOXELS, spacing)
+        axes = range(1, 3) if self.slice_axis_dropped else None  # a 2d configuration of 3D cases: in-plane only
+        cover = structure_cover_mm(self.fingerprint, MIN_COVER_VOXELS, spacing[1:] if self.slice_axis_dropped else spacing, axes)
         if cover is None:
             return whole
-        cover = cover[1:] if self.slice_axis_dropped else cover
         covering = self.contexts[width].configure(self.name, spacing, cover)
         gain = float(np.prod(whole.patch_size)) / float(np.prod(covering.patch_size))
         if gain < COVER_GAIN:

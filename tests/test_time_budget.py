@@ -179,3 +179,15 @@ def test_structures_that_fill_the_image_keep_the_whole_image_patch():
     unknown = budget_plan(1800, cord_fingerprint(extent_mm=())).config("2d")  # a fingerprint from before the extents
     assert spread.patch_size == unknown.patch_size
     assert not any("instead of the whole image" in r for r in spread.budget.reasons)
+
+
+def test_a_2d_configuration_of_3d_cases_covers_the_structures_in_plane_only():
+    """The cord's length along the slices (51 mm) must not widen the in-plane margin of 2d patches."""
+    fractions, components = {"0": 0.997, "1": 0.002, "2": 0.001}, {"0": 0, "1": 1, "2": 2}
+    cases = tuple(CaseFingerprint(f"c{i:03d}", (3.0, 0.5, 0.5), (17, 384, 320), (17, 384, 320), fractions, components,
+                                  foreground_extent_mm=(51.0, 10.0, 18.0)) for i in range(8))
+    cord = Fingerprint("Dataset996_Cord3D", 3, ".nii.gz", {"background": 0, "white_matter": 1, "gray_matter": 2},
+                       (ChannelFingerprint("T2star", "mr", STATS),), cases)
+    plan = fit_plan_to_budget(plan_dataset(cord, configs=["2d"]), cord, request(1800), fake_step_seconds)
+    config = plan.config("2d")
+    assert all(64 <= p <= 96 for p in config.patch_size), config.patch_size  # (10 or 18) + 18 mm at 0.5 mm, >= 64 px
