@@ -9,15 +9,21 @@ import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol, Sequence
 
 import numpy as np
 
 from autoseg.errors import ImageIOError
 from autoseg.io import PLAIN_2D_ENDINGS, Geometry, read_image, read_label
 
-if TYPE_CHECKING:
-    from autoseg.dataset import Case
+
+class Case(Protocol):
+    """What the checks read of a case (autoseg.dataset.Case, which imports this module)."""
+
+    case_id: str
+    images: Sequence[Path]
+    label: Path | None
+
 
 DATASET_JSON = "dataset.json"
 
