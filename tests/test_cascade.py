@@ -105,6 +105,7 @@ def test_a_cascade_model_predicts_with_both_stages_and_keeps_the_geometry(large_
     assert np.array_equal(read_label(again[0])[0], labels)
 
 
+@pytest.mark.slow  # about 4 minutes: three configurations cross-validated on large-field volumes
 def test_find_best_ranks_the_cross_validated_cascade_with_the_other_configurations(large_field, tmp_path):
     """Cross-validate 3d_lowres (its out-of-fold predictions feed the cascade), then the cascade and
     3d_fullres: find-best ranks all three, and the bundle it writes predicts with both stages."""
