@@ -153,3 +153,11 @@ def channel_count_message(case_id: str, files: Sequence[Path], expected: int, fo
     return (f"case '{case_id}' ({names}): the model expects {expected} input channel(s), found {found}; "
             f"give one file per channel named CASE_0000..CASE_{expected - 1:04d}"
             + (" or convert the colour image to grayscale" if found == 3 and expected == 1 else ""))
+
+
+def inputs_folder(source: str | Path | Sequence[str | Path], cases: list[CaseInput]) -> Path | None:
+    """The one folder the inputs come from: a folder given, else the folder every case's files share."""
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        return Path(source)
+    folders = {p.resolve().parent for c in cases for p in c.files}  # image files or DICOM series folders
+    return folders.pop() if len(folders) == 1 else None

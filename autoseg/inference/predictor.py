@@ -30,7 +30,7 @@ from autoseg.errors import ConfigError
 from autoseg.devices import PRECISION_NAMES, resolve_device, resolve_precision
 from autoseg.inference.cascade import previous_stage_for
 from autoseg.inference.ensemble import Ensemble, Member, load_models
-from autoseg.inference.inputs import CaseInput, channel_count_message, check_case_headers, discover_cases
+from autoseg.inference.inputs import CaseInput, channel_count_message, check_case_headers, discover_cases, inputs_folder
 from autoseg.inference.sliding_window import predict_slices, sliding_window_predict
 from autoseg.malloc import reuse_freed_memory
 from autoseg.inference.tiling import DEFAULT_MAX_GROWTH, choose_tile, patches_per_forward
@@ -296,7 +296,7 @@ class Predictor:
         if self._keep_inputs:
             summary = task_reports.write_summary(output_dir, [targets[c.case_id] for c in cases])
             log.info("task reports of %s: %s", self.task.name, summary)
-        for path in finish_folder(self.task, _images_folder(input_dir_or_files, cases), output_dir, dict(self.ensemble.labels)):
+        for path in finish_folder(self.task, inputs_folder(input_dir_or_files, cases), output_dir, dict(self.ensemble.labels)):
             log.info("task report of %s: %s", self.task.name, path)
         return written
 
@@ -347,14 +347,6 @@ def _refuse_input_folder(source: str | Path | Sequence[str | Path], cases: list[
     if out in forbidden or any(out.is_relative_to(d) for d in dicom_folders):
         raise ConfigError(f"{output_dir}: this folder holds input images; predictions are never written next to "
                           "their inputs (they could overwrite them); choose another output folder")
-
-
-def _images_folder(source: str | Path | Sequence[str | Path], cases: list[CaseInput]) -> Path | None:
-    """The one folder the inputs come from: a folder given, else the folder every case's files share."""
-    if isinstance(source, (str, Path)) and Path(source).is_dir():
-        return Path(source)
-    folders = {p.resolve().parent for c in cases for p in c.files}  # image files or DICOM series folders
-    return folders.pop() if len(folders) == 1 else None
 
 
 # ---------------------------------------------------------------------- in-memory API
