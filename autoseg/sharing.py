@@ -70,8 +70,8 @@ def export_model(source: str | Path, out_zip: str | Path, name: str | None = Non
     (name defaults to the dataset name). The zip appears atomically; an existing one is replaced
     only with overwrite=True. Returns the zip's path.
     """
-    bundle, checkpoints, preloaded = _export_source(Path(source))
-    first_stages = _first_stages(bundle, checkpoints, preloaded)
+    bundle, checkpoints, named_first_stages, preloaded = _export_source(Path(source))
+    first_stages = _first_stages(checkpoints, named_first_stages, preloaded)
     target = _zip_target(Path(out_zip), name, bundle.dataset_name, overwrite)
     arcnames = _archive_names(bundle, checkpoints, first_stages, preloaded)
     packed = replace(bundle, predict_command="", members=tuple(
@@ -79,7 +79,7 @@ def export_model(source: str | Path, out_zip: str | Path, name: str | None = Non
         for m, paths, first in zip(bundle.members, checkpoints, first_stages)))
     with atomic_write(target, suffix=".zip") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
         for path, arcname in arcnames.items():
-            payload = _payload(path, preloaded)
+            payload = preloaded.pop(path, None) or _prediction_payload(path)  # one held at a time once packed
             _check_bundle_labels(bundle, payload, path)
             with archive.open(arcname, "w", force_zip64=True) as stream:
                 write_checkpoint(stream, payload)  # fresh checksums: the training section is gone
@@ -88,31 +88,30 @@ def export_model(source: str | Path, out_zip: str | Path, name: str | None = Non
     return target
 
 
-def _export_source(source: Path) -> tuple[ModelBundle, list[list[Path]], dict[Path, dict[str, Any]]]:
-    """The bundle to pack, its checkpoint files per member, and payloads already loaded on the way."""
+def _export_source(source: Path) -> tuple[ModelBundle, list[list[Path]], list[list[Path]], dict[Path, dict[str, Any]]]:
+    """The bundle to pack, its checkpoint files and the first-stage files it names per member, and
+    payloads already loaded on the way."""
     if not source.exists():
         raise CheckpointError(f"{source}: no such run folder, checkpoint or model bundle; pass a run folder, "
                               f"a folder holding {BUNDLE_FILE}, or a bundle file such as best.json")
     if source.suffix == ".json" or (source.is_dir() and (source / BUNDLE_FILE).is_file()):
         bundle, base = load_bundle(source)
-        checkpoints = member_checkpoints(bundle, base)
-        first = first_stage_checkpoints(bundle, base)
-        return replace(bundle, members=tuple(replace(m, first_stage=tuple(map(str, f)))
-                                             for m, f in zip(bundle.members, first))), checkpoints, {}
+        return bundle, member_checkpoints(bundle, base), first_stage_checkpoints(bundle, base), {}
     checkpoint = resolve_checkpoint(source).resolve()
     payload = _prediction_payload(checkpoint)
     bundle = ModelBundle(dataset_name=str(payload.get("dataset_name", "")), labels=_labels_of(payload),
                          members=(BundleMember(config_plan_of(payload).name, (str(checkpoint),)),))
-    return bundle, [[checkpoint]], {checkpoint: payload}
+    return bundle, [[checkpoint]], [[]], {checkpoint: payload}
 
 
-def _first_stages(bundle: ModelBundle, checkpoints: list[list[Path]], preloaded: dict[Path, dict[str, Any]]) -> list[list[Path]]:
+def _first_stages(checkpoints: list[list[Path]], named: list[list[Path]],
+                  preloaded: dict[Path, dict[str, Any]]) -> list[list[Path]]:
     """Per member, the first stage's checkpoints of a cascade's second stage (those a bundle names, else
     the runs prediction would use: autoseg/inference/cascade.py); empty for other members."""
     stages = []
-    for member, paths in zip(bundle.members, checkpoints):
-        if member.first_stage:
-            stages.append([Path(p) for p in member.first_stage])
+    for paths, given in zip(checkpoints, named):
+        if given:
+            stages.append(given)
             continue
         previous = config_plan_of(_payload(paths[0], preloaded)).previous_stage
         runs = first_stage_runs_of([p.parent for p in paths], previous) if previous else []
@@ -171,10 +170,10 @@ def _archive_names(bundle: ModelBundle, checkpoints: list[list[Path]], first_sta
         if path in names:
             return
         fold = _safe_part(path.parent.name if path.name in CHECKPOINT_PREFERENCE else path.stem)
-        stem = f"{fold}/{_safe_part(path.name)}" if nested else f"{fold}.pt"
-        candidate, counter = f"{config}/{stem}", 2
+        ending = f"/{_safe_part(path.name)}" if nested else ".pt"
+        candidate, counter = f"{config}/{fold}{ending}", 2
         while candidate in names.values():
-            candidate, counter = f"{config}/{fold}_{counter}" + (f"/{_safe_part(path.name)}" if nested else ".pt"), counter + 1
+            candidate, counter = f"{config}/{fold}_{counter}{ending}", counter + 1
         names[path] = candidate
 
     for member, paths, first in zip(bundle.members, checkpoints, first_stages):
