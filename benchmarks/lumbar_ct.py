@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import multiprocessing
+import os
 import platform
 import resource
 import time
@@ -120,6 +121,10 @@ def _fmt(value: float, digits: int = 3) -> str:
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
+def _identified(rate: float | None, vertebrae: int) -> str:
+    return "-" if rate is None or rate != rate else f"{round(rate * vertebrae)} of {vertebrae}"
+
+
 def write_report(path: Path, args, results: dict, real: dict, started: float) -> None:
     lines = [
         "# lumbar-ct: whole-volume 3d_fullres vs cascade vs localize -> crop -> segment", "",
@@ -129,9 +134,10 @@ def write_report(path: Path, args, results: dict, real: dict, started: float) ->
         f"320-400 mm per axis), {args.cases} training and {args.test_cases} unseen test volumes; one plan "
         f"(task {TASK}, `--gpu-memory-gb {GPU_MEMORY_GB}`); every layout trained for the same total time of "
         f"{args.budget} on CPU ({platform.processor() or platform.machine()}, torch threads as the trainer sets them), "
-        "no test-time mirroring. **The machine was shared by four engineers' jobs during this run: every timing is "
-        "from a busy 2-core machine**, and such short budgets are far from convergence: the figures compare "
-        "layouts under the same small budget, they are not the accuracy a full training reaches.", "",
+        f"no test-time mirroring; load average {args.load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+        f"on {os.cpu_count()} cores (above the core count, other jobs shared the machine and every timing is slower). "
+        "Short budgets are far from convergence: the figures compare layouts under the same budget, not the "
+        "accuracy a full training reaches.", "",
         "| layout | mean Dice | " + " | ".join(f"Dice {n}" for n in LEVELS) + " | identification | centroid dist. (mm) "
         "| predict s/case | peak memory (MiB) | train wall (s) |",
         "|---" * (len(LEVELS) + 7) + "|",
@@ -139,7 +145,7 @@ def write_report(path: Path, args, results: dict, real: dict, started: float) ->
     for layout, found in results.items():
         s = found["scores"]
         lines.append(f"| {layout} | {_fmt(s['mean_dice'])} | " + " | ".join(_fmt(s['dice'].get(n)) for n in LEVELS)
-                     + f" | {_fmt(s['identification_rate'], 2)} of {s['vertebrae']} | {_fmt(s['centroid_mm'], 1)} "
+                     + f" | {_identified(s['identification_rate'], s['vertebrae'])} | {_fmt(s['centroid_mm'], 1)} "
                      f"| {_fmt(found['predict']['seconds_per_case'], 1)} | {found['predict']['peak_mib']:.0f} "
                      f"| {found['model']['train_s']:.0f} |")
     lines += ["", "HD95 (mm) per vertebra:", "", "| layout | " + " | ".join(LEVELS) + " |", "|---" * (len(LEVELS) + 1) + "|"]
@@ -177,6 +183,7 @@ def main() -> None:
     parser.add_argument("--dataset611", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset611_LumbarCT")
     parser.add_argument("--layouts", default=",".join(LAYOUTS), help="subset of " + ",".join(LAYOUTS))
     args = parser.parse_args()
+    args.load_at_start = os.getloadavg()[0]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     started, work = time.perf_counter(), args.workdir
     data = api.example("lumbar-ct", work / "data", cases=args.cases, seed=0, large_field=True, overwrite=True)
