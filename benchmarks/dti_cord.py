@@ -75,9 +75,9 @@ def phantom(args, work: Path) -> dict:
     test_dir = api.example("dti-cord", work / "test", cases=args.test_cases, seed=1, **options)
     budget = args.budget or "8m"
     # sized for the budget on this machine (README "Plans for a time budget"), as the cordgm part
-    api.plan(train_dir, work / "model", task=TASK, workers=1, time_budget_s=parse_duration(budget), device="cpu")
+    plan, _ = api.plan(train_dir, work / "model", task=TASK, workers=1, time_budget_s=parse_duration(budget), device="cpu")
+    config = plan.configurations["2d"]
     run = api.train(train_dir, "2d", 0, work / "model", time_budget_s=parse_duration(budget), val_iters=10, workers=1)
-    config = json.loads(next((work / "model" / "plans").glob("*/plan.json")).read_text())["configurations"]["2d"]
     predictions = work / "predictions"
     api.predict_folder(test_dir / "dwi", predictions, [run], tta=False)
     summary = api.evaluate(predictions, test_dir / "labelsTr", workers=1)
@@ -86,8 +86,8 @@ def phantom(args, work: Path) -> dict:
     errors = {row["region"]: row for row in metrics.summary}
     epochs = json.loads((run / "run.json").read_text()).get("epochs_done") if (run / "run.json").is_file() else None
     lines = [f"Phantom: {args.cases} training / {args.test_cases} test cases, b={args.b_value:g} s/mm^2, 12 directions, "
-             f"white-matter b=0 SNR {args.snr:g} (Rician); planned for the budget (patch {config['patch_size']}, "
-             f"batch {config['batch_size']}); fold 0 trained {budget} wall time"
+             f"white-matter b=0 SNR {args.snr:g} (Rician); planned for the budget (patch {list(config.patch_size)}, "
+             f"batch {config.batch_size}); fold 0 trained {budget} wall time"
              + (f" ({epochs} epochs)" if epochs else "") + f"; run {run}.", "",
              "| region | Dice left | Dice right | FA error left % | FA error right % |", "|---|---|---|---|---|"]
     for column in COLUMNS:
