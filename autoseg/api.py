@@ -11,21 +11,13 @@ from autoseg.config import Fingerprint, Plan
 from autoseg.dataset import Dataset, validate_dataset
 from autoseg.fingerprint import compute_fingerprint
 from autoseg.progress import ProgressFactory, task
-from autoseg.task_api import (
+from autoseg.task_api import (  # noqa: F401  re-exported: the tasks' commands are part of this API
     dti_metrics, dti_prepare, dti_regions, evaluate_dose, predict_localized, qc, qc_evaluate, remove_table,
     simulate_dose,
 )
 from autoseg.workdir import Workdir
 
 log = logging.getLogger(__name__)
-
-__all__ = [  # one namespace: the generic pipeline and, re-exported from autoseg/task_api.py, the tasks' commands
-    "validate", "fingerprint", "plan", "tasks", "train_localized", "example", "load_or_make_plan", "preprocess",
-    "train", "cross_validate", "resolve_models", "predict_folder", "predict", "evaluate", "find_best", "ensemble",
-    "predict_bundle_folder", "is_bundle", "export_model", "import_model", "export_onnx",
-    "simulate_dose", "evaluate_dose", "qc", "qc_evaluate", "predict_localized", "remove_table",
-    "dti_prepare", "dti_regions", "dti_metrics",
-]
 
 
 def validate(dataset_dir: str | Path, workers: int = 2, progress: ProgressFactory | None = None) -> Dataset:
