@@ -119,14 +119,16 @@ def train_localized(stages: Stages, dataset_dir: str | Path, fold: str | int = 0
     fold = str(fold)
     localizer_run = stages.train(dataset.root, localizer or _planned_localizer(stages, dataset, wd), fold, wd.root,
                               progress=progress, on_event=on_event, **options)
-    task = task_of(load_plan(wd.plan_path(dataset.name)))
+    localizer_plan = load_plan(wd.plan_path(dataset.name))
+    task = task_of(localizer_plan)
     localizer, margin = layout_options(task, localizer, margin_mm)
     splits = None if fold == FULL else splits_for(dataset, wd.splits_path(dataset.name))
     crops = write_crop_dataset(dataset, crops_folder(wd, dataset.name), margin, splits)
     crop_set = load_dataset(crops)
     if not wd.plan_path(crop_set.name).is_file():
         stages.plan(crops, wd.root, configs=[SEGMENTER_CONFIG], workers=max(1, options.get("workers", 1)),
-                 task=task.name if task else None, task_options=task.options if task else None)
+                 task=task.name if task else None, task_options=task.options if task else None,
+                 **budget_of(localizer_plan))
     segmenter_run = stages.train(crops, SEGMENTER_CONFIG, fold, wd.root, progress=progress, on_event=on_event, **options)
     folder = layout_folder(wd, dataset.name, fold)
     folder.mkdir(parents=True, exist_ok=True)
@@ -135,6 +137,13 @@ def train_localized(stages: Stages, dataset_dir: str | Path, fold: str | int = 0
     schema.write_json_atomic(folder / LAYOUT_FILE, document)
     log.info("localize-crop-segment model of %s fold %s: %s", dataset.name, fold, folder)
     return folder
+
+
+def budget_of(plan) -> dict[str, Any]:
+    """The time budget a plan was sized for, as plan options (none for a default plan): the crop
+    dataset is planned for the same budget, so the segmenter is sized like the localizer."""
+    chosen = next((c.budget for c in plan.configurations.values() if c.budget is not None), None)
+    return {} if chosen is None else {"time_budget_s": chosen.time_budget_s, "device": chosen.device}
 
 
 def _planned_localizer(stages: Stages, dataset: Dataset, wd: Workdir) -> str:

@@ -4,9 +4,11 @@
                                    [--workdir lumbar_ct_bench] [--out benchmarks/results/lumbar_ct.md]
                                    [--dataset611 ../shared/data/Dataset611_LumbarCT]
 
-One plan (task lumbar-ct, `--gpu-memory-gb 1.2` so that these CPU-sized trunk volumes are large
-for their patch, as a clinical trunk CT is for an 8 GB patch), then, each in a workdir of its own
-and with the same total training time T (`--budget`):
+Each layout plans in a workdir of its own (task lumbar-ct, `--gpu-memory-gb 1.2` so that these
+CPU-sized trunk volumes are large for their patch, as a clinical trunk CT is for an 8 GB patch, and
+the plan has 3d_lowres and the cascade), sized for the time each of its stages trains on this CPU
+(`--time-budget`, planners/time_budget.py: T for 3d_fullres, T/2 for the two-stage layouts, whose
+crop dataset inherits it); then, with the same total training time T (`--budget`):
 
 - 3d_fullres on the whole volume: one model for T;
 - 3d_lowres -> 3d_cascade_fullres: 2-fold cross-validation of 3d_lowres (T/4 per fold; its
@@ -46,7 +48,8 @@ def train_layout(layout: str, data: Path, work: Path, budget_s: float) -> dict:
     """Train one layout for `budget_s` seconds of training in total; returns what predicts with it."""
     from autoseg import api
 
-    api.plan(data, work, gpu_memory_gb=GPU_MEMORY_GB, task=TASK, workers=1)
+    stage_s = budget_s if layout == "3d_fullres" else budget_s / 2
+    api.plan(data, work, gpu_memory_gb=GPU_MEMORY_GB, task=TASK, workers=1, time_budget_s=stage_s, device="cpu")
     options = {"iters_per_epoch": 25, "val_iters": 4, "workers": 1}
     started = time.perf_counter()
     if layout == "3d_fullres":
@@ -58,7 +61,29 @@ def train_layout(layout: str, data: Path, work: Path, budget_s: float) -> dict:
     else:
         model = {"layout": str(api.train_localized(data, "full", work, time_budget_s=budget_s / 2, **options))}
     model["train_s"] = time.perf_counter() - started  # includes preprocessing and cross-validation predictions
+    model["stages"] = planned_stages(layout, data.name, work)
     return model
+
+
+# the (dataset suffix, configuration) each layout trains
+STAGES = {"3d_fullres": (("", "3d_fullres"),), "cascade": (("", "3d_lowres"), ("", "3d_cascade_fullres")),
+          "localized": (("", "3d_lowres"), ("_crops", "3d_fullres"))}
+
+
+def planned_stages(layout: str, dataset: str, work: Path) -> list[dict]:
+    """What the budget planner chose for each stage the layout trains (from its plan.json files)."""
+    from autoseg.config import load_plan
+    from autoseg.workdir import Workdir
+
+    stages = []
+    for suffix, name in STAGES[layout]:
+        config = load_plan(Workdir.at(work).plan_path(dataset + suffix)).config(name)
+        budget = config.budget
+        stages.append({"stage": f"{name}{' on crops' if suffix else ''}", "spacing": config.spacing,
+                       "patch": config.patch_size, "batch": config.batch_size, "features": config.network.features[0],
+                       "step_s": budget.step_time_s if budget else None,
+                       "iterations": budget.expected_iterations if budget else None})
+    return stages
 
 
 # ---------------------------------------------------------------- prediction in a fresh process
@@ -131,8 +156,10 @@ def write_report(path: Path, args, results: dict, real: dict, started: float) ->
         "Rerun: `python benchmarks/lumbar_ct.py " + f"--budget {args.budget} --cases {args.cases} "
         f"--test-cases {args.test_cases}`" + " (writes this file).", "",
         f"Conditions: large-field lumbar-ct phantom (`--option large_field=true`, scale 1: 64 x 96 x 96 voxels, "
-        f"320-400 mm per axis), {args.cases} training and {args.test_cases} unseen test volumes; one plan "
-        f"(task {TASK}, `--gpu-memory-gb {GPU_MEMORY_GB}`); every layout trained for the same total time of "
+        f"320-400 mm per axis), {args.cases} training and {args.test_cases} unseen test volumes; each layout "
+        f"planned (task {TASK}, `--gpu-memory-gb {GPU_MEMORY_GB}`) for the time its stages train on this CPU "
+        "(`--time-budget --device cpu`: the whole budget for 3d_fullres, half for each stage of the two-stage "
+        "layouts; the plans' choices below); every layout trained for the same total time of "
         f"{args.budget} on CPU ({platform.processor() or platform.machine()}, torch threads as the trainer sets them), "
         f"no test-time mirroring; load average {args.load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
         f"on {os.cpu_count()} cores (above the core count, other jobs shared the machine and every timing is slower). "
@@ -148,6 +175,14 @@ def write_report(path: Path, args, results: dict, real: dict, started: float) ->
                      + f" | {_identified(s['identification_rate'], s['vertebrae'])} | {_fmt(s['centroid_mm'], 1)} "
                      f"| {_fmt(found['predict']['seconds_per_case'], 1)} | {found['predict']['peak_mib']:.0f} "
                      f"| {found['model']['train_s']:.0f} |")
+    lines += ["", "Each stage's plan (the budget planner's choice; expected iterations for the plan's budget):", "",
+              "| layout | stage | spacing (mm) | patch | batch | base features | s/step | expected iterations |",
+              "|---" * 8 + "|"]
+    for layout, found in results.items():
+        for st in found["model"]["stages"]:
+            lines.append(f"| {layout} | {st['stage']} | {' x '.join(f'{v:.2f}' for v in st['spacing'])} "
+                         f"| {'x'.join(map(str, st['patch']))} | {st['batch']} | {st['features']} "
+                         f"| {_fmt(st['step_s'], 3)} | {st['iterations'] or '-'} |")
     lines += ["", "HD95 (mm) per vertebra:", "", "| layout | " + " | ".join(LEVELS) + " |", "|---" * (len(LEVELS) + 1) + "|"]
     for layout, found in results.items():
         lines.append(f"| {layout} | " + " | ".join(_fmt(found['scores']['hd95'].get(n), 1) for n in LEVELS) + " |")

@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from autoseg.config import BudgetCandidate, BudgetChoice, ConfigPlan, Fingerprint, Plan
+from autoseg.planners.cascade import CASCADE, FIRST_STAGE, cascade_config
 from autoseg.planners.default import BASE_FEATURES, PlanningContext
 from autoseg.planners.step_time import StepCandidate
 from autoseg.planners.structures import smallest_structure_mm, structure_cover_mm
@@ -62,15 +63,14 @@ class BudgetRequest:
 
 def fit_plan_to_budget(plan: Plan, fingerprint: Fingerprint, request: BudgetRequest, step_seconds: StepSeconds,
                        network: str = "unet") -> Plan:
-    """The plan with each 2d / 3d_fullres configuration re-decided for the budget; 3d_lowres is
-    dropped with its cascade (coarsening already does its job, and a second stage does not fit a short budget)."""
+    """The plan with each configuration re-decided for the budget. 3d_lowres is fitted from its own
+    (coarser) spacing, so a localizer or a cascade's first stage stays coarser than 3d_fullres; the
+    cascade's second stage is the fitted 3d_fullres with its extra channels, as without a budget."""
     smallest = smallest_structure_mm(fingerprint)
-    fitted = {}
-    for name, config in plan.configurations.items():
-        if name in ("3d_lowres", "3d_cascade_fullres"):
-            log.info("time budget: no %s (the budget plan coarsens 3d_fullres itself)", name)
-            continue
-        fitted[name] = _BudgetFit(name, config, fingerprint, request, step_seconds, network, smallest).choose()
+    fitted = {name: _BudgetFit(name, config, fingerprint, request, step_seconds, network, smallest).choose()
+              for name, config in plan.configurations.items() if name != CASCADE}
+    if CASCADE in plan.configurations and "3d_fullres" in fitted:
+        fitted[CASCADE] = cascade_config(fitted["3d_fullres"])
     return replace(plan, planner=f"{plan.planner}+time_budget", configurations=fitted)
 
 
@@ -88,7 +88,9 @@ class _BudgetFit:
         self.name, self.config, self.request, self.step_seconds = name, config, request, step_seconds
         self.fingerprint = fingerprint
         self.contexts = {w: PlanningContext(fingerprint, request.memory_gb, network, w) for w in WIDTHS}
-        self.base_spacing = self.contexts[BASE_FEATURES].fullres_spacing
+        # 3d_lowres coarsens from its own spacing; every other configuration from the full resolution
+        self.base_spacing = (np.asarray(config.spacing, dtype=float) if name == FIRST_STAGE
+                             else self.contexts[BASE_FEATURES].fullres_spacing)
         self.slice_axis_dropped = name == "2d" and fingerprint.ndim == 3
         self.smallest_mm = smallest_mm
         self.ndim = len(config.patch_size)

@@ -371,3 +371,23 @@ def test_predict_localized_refuses_a_folder_without_layout_json_with_exit_2_and_
                                       "-m", str(tmp_path)], env={"COLUMNS": "250"})
     assert result.exit_code == 2 and "layout.json" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_the_crop_dataset_is_planned_for_the_localizer_plans_time_budget(tmp_path):
+    """A budget-sized localizer gets a segmenter planned for the same budget, not a GPU-sized default."""
+    from autoseg import schema
+    from autoseg.config import load_fingerprint
+    from autoseg.localized_training import Stages, train_localized
+    from autoseg.planners.time_budget import BudgetRequest, fit_plan_to_budget
+
+    data = api.example("lumbar-ct", tmp_path / "data", cases=2, seed=0, scale=0.5)
+    plan, plan_path = api.plan(data, tmp_path / "work", workers=1, task="lumbar-ct")
+    fingerprint = load_fingerprint(plan_path.parent / "fingerprint.json")
+    request = BudgetRequest(900.0, "cpu", "test-cpu", "fp32", 4.0)
+    schema.write_json_atomic(plan_path, fit_plan_to_budget(plan, fingerprint, request,
+                                                           lambda c: 1e-6 * math.prod(c.patch_size) * c.batch_size))
+    planned = []
+    stages = Stages(train=lambda dataset, config, fold, workdir, **kw: tmp_path / f"run_{config}",
+                    plan=lambda *args, **kw: planned.append(kw), load_or_make_plan=None)
+    train_localized(stages, data, "full", tmp_path / "work", localizer="3d_fullres", margin_mm=10.0)
+    assert [(p["time_budget_s"], p["device"]) for p in planned] == [(900.0, "cpu")]

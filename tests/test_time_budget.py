@@ -191,3 +191,27 @@ def test_a_2d_configuration_of_3d_cases_covers_the_structures_in_plane_only():
     plan = fit_plan_to_budget(plan_dataset(cord, configs=["2d"]), cord, request(1800), fake_step_seconds)
     config = plan.config("2d")
     assert all(64 <= p <= 96 for p in config.patch_size), config.patch_size  # (10 or 18) + 18 mm at 0.5 mm, >= 64 px
+
+
+def trunk_ct_fingerprint() -> Fingerprint:
+    """Large CT volumes whose fullres patch covers a small part: the default plan has 3d_lowres and the cascade."""
+    fractions, components = {"0": 0.98, **{str(v): 0.004 for v in range(1, 6)}}, {"0": 0, **{str(v): 1 for v in range(1, 6)}}
+    cases = tuple(CaseFingerprint(f"c{i:03d}", (1.5, 0.8, 0.8), (300, 512, 512), (300, 512, 512), fractions, components)
+                  for i in range(10))
+    labels = {"background": 0, **{f"L{v}": v for v in range(1, 6)}}
+    return Fingerprint("Dataset995_Trunk", 3, ".nii.gz", labels, (ChannelFingerprint("CT", "ct", STATS),), cases)
+
+
+def test_a_budget_plan_keeps_the_cascade_with_a_first_stage_coarser_than_fullres():
+    trunk = trunk_ct_fingerprint()
+    default = plan_dataset(trunk)
+    assert {"3d_lowres", "3d_cascade_fullres"} <= set(default.configurations)
+    plan = fit_plan_to_budget(default, trunk, request(1800), fake_step_seconds)
+    lowres, fullres, cascade = (plan.config(n) for n in ("3d_lowres", "3d_fullres", "3d_cascade_fullres"))
+    assert lowres.budget is not None and fullres.budget is not None
+    assert all(lo >= full for lo, full in zip(lowres.spacing, fullres.spacing))
+    assert min(lowres.spacing) >= min(default.config("3d_lowres").spacing)  # coarsened from its own spacing
+    # the second stage is the fitted 3d_fullres plus one input channel per foreground class
+    assert cascade.patch_size == fullres.patch_size and cascade.spacing == fullres.spacing
+    assert cascade.batch_size == fullres.batch_size and cascade.previous_stage == "3d_lowres"
+    assert cascade.network.in_channels == fullres.network.in_channels + 5
