@@ -127,6 +127,7 @@ def train(
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall-clock budget per fold, e.g. 30m or 2h; the lr schedule follows it"),
     early_stop: Optional[int] = typer.Option(None, "--early-stop", help="Stop after this many epochs without a better EMA pseudo-Dice"),
     lr: float = typer.Option(1e-2, "--lr", help="Initial learning rate"),
+    warmup: float = typer.Option(0.0, "--warmup", help="Fraction of the run over which the learning rate rises linearly to --lr (0: none)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the plan's batch size"),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
@@ -155,7 +156,7 @@ def train(
             check_launch(nproc, device, batch_size)
             raise typer.Exit(launch(nproc, sys.argv[1:]))
         options = dict(
-            iters_per_epoch=iters_per_epoch, val_iters=val_iters, early_stop=early_stop, lr=lr,
+            iters_per_epoch=iters_per_epoch, val_iters=val_iters, early_stop=early_stop, lr=lr, warmup=warmup,
             time_budget_s=parse_duration(time_budget) if time_budget is not None else None, batch_size=batch_size,
             precision=precision, device=device, deterministic=deterministic, seed=seed, workers=workers,
             checkpoint_every=checkpoint_every, **({"epochs": epochs} if epochs is not None else {}),

@@ -236,6 +236,7 @@ class TrainConfig:
     time_budget_s: float | None = None  # when set, training ends on time and lr decays with elapsed time
     early_stop: int | None = None  # epochs without a new best EMA pseudo-Dice
     lr: float = 1e-2
+    warmup: float = 0.0  # first fraction of the run over which lr rises linearly to `lr` (0: none)
     momentum: float = 0.99
     weight_decay: float = 3e-5
     grad_clip: float = 12.0
@@ -282,6 +283,7 @@ TRAIN_OPTION_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "time_budget_s": ("a duration > 0 seconds", _real(lambda v: v > 0)),
     "early_stop": ("an integer >= 1 (epochs)", _integer(1)),
     "lr": ("a number > 0", _real(lambda v: v > 0)),
+    "warmup": ("a fraction of the run >= 0 and < 0.5", _real(lambda v: 0 <= v < 0.5)),
     "momentum": ("a number >= 0 and < 1", _real(lambda v: 0 <= v < 1)),
     "weight_decay": ("a number >= 0", _real(lambda v: v >= 0)),
     "grad_clip": ("a number > 0", _real(lambda v: v > 0)),

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/budget_training.py --budget 30m [--budget 10m ...] \
         [--variant budget --variant default] [--dataset ../shared/data/Dataset601_SpineXrayAP] \
-        [--config 2d] [--fold 0] [--work /tmp/budget_bench]
+        [--config 2d] [--fold 0] [--warmup 0.05] [--work /tmp/budget_bench]
 
 Each row, in a fresh subprocess: plan the dataset (`budget`: `autoseg plan --time-budget B --device
 cpu`; `default`: the default plan), train one fold of the dataset's splits_final.json for the
@@ -42,19 +42,22 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/budget_bench"))
     parser.add_argument("--iterations", type=int, help="train this many iterations instead of for the budget (the plan "
                         "is still made for it): compares variants at equal work on a machine that is not quiet")
+    parser.add_argument("--warmup", type=float, default=0.0, help="linear lr warm-up over this fraction of the run "
+                        "(`autoseg train --warmup`); rows with and without it are the warm-up A/B")
     parser.add_argument("--row", nargs=3, metavar=("VARIANT", "BUDGET", "OUT_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row:
         variant, budget, out_json = args.row
-        result = run_row(args.dataset, args.config, args.fold, variant, budget, args.work, args.iterations)
+        result = run_row(args.dataset, args.config, args.fold, variant, budget, args.work, args.iterations, args.warmup)
         Path(out_json).write_text(json.dumps(result, indent=1))
         return
     rows = []
     for budget in args.budget:
         for variant in args.variant or ["budget"]:
-            out_json = args.work / f"{variant}_{budget}.json"
+            out_json = args.work / f"{variant}_{budget}{_warmup_tag(args.warmup)}.json"
             out_json.parent.mkdir(parents=True, exist_ok=True)
             length = ["--iterations", str(args.iterations)] if args.iterations else []
+            length += ["--warmup", str(args.warmup)]
             subprocess.run([sys.executable, __file__, "--dataset", str(args.dataset), "--config", args.config, "--fold",
                             args.fold, "--work", str(args.work), "--budget", budget, *length,
                             "--row", variant, budget, str(out_json)], check=True)
@@ -63,7 +66,8 @@ def main() -> None:
     _append_markdown(rows, args)
 
 
-def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, work: Path, iterations: int | None = None) -> dict:
+def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, work: Path, iterations: int | None = None,
+            warmup: float = 0.0) -> dict:
     from autoseg import api, schema
     from autoseg.config import load_plan
     from autoseg.trainers.schedule import parse_duration
@@ -71,17 +75,19 @@ def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, wo
     from autoseg.dataset import load_dataset
 
     budget_s = parse_duration(budget)
-    workdir = work / f"{variant}_{budget}" if not iterations else work / f"{variant}_{budget}_{iterations}it"
+    workdir = work / (f"{variant}_{budget}" if not iterations else f"{variant}_{budget}_{iterations}it")
+    workdir = workdir.with_name(workdir.name + _warmup_tag(warmup))
     ds = load_dataset(dataset)
     run = workdir / "runs" / ds.name / config / f"fold_{fold}"
     if _finished(run):  # a row whose scoring failed is scored again, not retrained
         plan, plan_s, train_wall_s = load_plan(workdir / "plans" / ds.name / "plan.json"), None, None
     else:
         started = time.monotonic()
-        plan = _plan(dataset, workdir, config, variant, budget_s, reuse=workdir.parent / workdir.name.replace(variant, "budget", 1))
+        twin = workdir.with_name(workdir.name.replace(variant, "budget", 1).removesuffix(_warmup_tag(warmup)))
+        plan = _plan(dataset, workdir, config, variant, budget_s, twin)
         plan_s = time.monotonic() - started
         length = dict(epochs=-(-iterations // ITERS_PER_EPOCH), iters_per_epoch=ITERS_PER_EPOCH) if iterations else dict(time_budget_s=budget_s)
-        api.train(dataset, config, fold, workdir, device="cpu", **length)
+        api.train(dataset, config, fold, workdir, device="cpu", warmup=warmup, **length)
         train_wall_s = time.monotonic() - started - plan_s
     _, val_ids = fold_cases(ds, workdir / "plans" / ds.name / "splits.json", fold)
     images = _validation_folder(ds, val_ids, workdir / "validation_images")
@@ -93,7 +99,7 @@ def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, wo
     record = schema.read_json(run / "run.json")
     cfg = plan.config(config)
     return {
-        "variant": variant, "budget": budget if not iterations else f"{budget} plan, {iterations} it", "dataset": ds.name, "config": config, "fold": fold,
+        "variant": variant + (f", warm-up {warmup:.0%}" if warmup else ""), "budget": budget if not iterations else f"{budget} plan, {iterations} it", "dataset": ds.name, "config": config, "fold": fold,
         "val_cases": len(val_ids), "plan_s": plan_s and round(plan_s, 1), "train_wall_s": train_wall_s and round(train_wall_s, 1),
         "predict_s_per_case": round(predict_s / max(len(val_ids), 1), 2),
         "spacing": cfg.spacing, "patch": cfg.patch_size, "batch": cfg.batch_size, "features": cfg.network.features[0],
@@ -106,21 +112,27 @@ def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, wo
     }
 
 
-def _plan(dataset: Path, workdir: Path, config: str, variant: str, budget_s: float, reuse: Path):
-    """The variant's plan; budget-all-mirrors takes the budget row's plan when there is one (the same
-    measured choice), changing only the mirrored axes."""
+def _plan(dataset: Path, workdir: Path, config: str, variant: str, budget_s: float, twin: Path):
+    """The variant's plan. A row that differs from the budget row only in how it trains (all mirrors,
+    a warm-up) takes that row's plan when there is one: the same measured choice, so the A/B compares
+    the one change."""
     from autoseg import api, schema
     from autoseg.config import load_plan
 
     plan, path = api.plan(dataset, workdir, configs=[config], time_budget_s=None if variant == "default" else budget_s,
                           device="cpu")
+    twin_plan = twin / "plans" / plan.dataset_name / "plan.json"
+    if variant != "default" and twin != workdir and twin_plan.is_file():
+        plan = load_plan(twin_plan)
     if variant == "budget-all-mirrors":
-        if (reuse / "plans" / plan.dataset_name / "plan.json").is_file():
-            plan = load_plan(reuse / "plans" / plan.dataset_name / "plan.json")
         every_axis = replace(plan.config(config), mirror_axes=tuple(range(len(plan.config(config).patch_size))))
         plan = replace(plan, configurations={**plan.configurations, config: every_axis})
-        schema.write_json_atomic(path, plan)
+    schema.write_json_atomic(path, plan)
     return plan
+
+
+def _warmup_tag(warmup: float) -> str:
+    return f"_warmup{warmup:g}" if warmup else ""
 
 
 def _validation_folder(ds, val_ids, folder: Path) -> Path:

@@ -44,12 +44,14 @@ log = logging.getLogger("lumbar_ct_bench")
 
 
 # ---------------------------------------------------------------- training, one layout per workdir
-def train_layout(layout: str, data: Path, work: Path, budget_s: float) -> dict:
-    """Train one layout for `budget_s` seconds of training in total; returns what predicts with it."""
+def train_layout(layout: str, data: Path, work: Path, budget_s: float, plans: str = "budget") -> dict:
+    """Train one layout for `budget_s` seconds of training in total; returns what predicts with it.
+    `plans`: "budget" sizes each stage for its time on this CPU, "default" keeps the 1.2 GB plan."""
     from autoseg import api
 
     stage_s = budget_s if layout == "3d_fullres" else budget_s / 2
-    api.plan(data, work, gpu_memory_gb=GPU_MEMORY_GB, task=TASK, workers=1, time_budget_s=stage_s, device="cpu")
+    sizing = {"time_budget_s": stage_s, "device": "cpu"} if plans == "budget" else {}
+    api.plan(data, work, gpu_memory_gb=GPU_MEMORY_GB, task=TASK, workers=1, **sizing)
     options = {"iters_per_epoch": 25, "val_iters": 4, "workers": 1}
     started = time.perf_counter()
     if layout == "3d_fullres":
@@ -150,16 +152,22 @@ def _identified(rate: float | None, vertebrae: int) -> str:
     return "-" if rate is None or rate != rate else f"{round(rate * vertebrae)} of {vertebrae}"
 
 
+def _plans_phrase(plans: str) -> str:
+    planned = f"each layout planned (task {TASK}, `--gpu-memory-gb {GPU_MEMORY_GB}`)"
+    if plans == "default":
+        return planned + " with the default rule for that memory"
+    return (planned + " for the time its stages train on this CPU (`--time-budget --device cpu`: the whole budget "
+            "for 3d_fullres, half for each stage of the two-stage layouts)")
+
+
 def write_report(path: Path, args, results: dict, real: dict, started: float) -> None:
     lines = [
         "# lumbar-ct: whole-volume 3d_fullres vs cascade vs localize -> crop -> segment", "",
         "Rerun: `python benchmarks/lumbar_ct.py " + f"--budget {args.budget} --cases {args.cases} "
-        f"--test-cases {args.test_cases}`" + " (writes this file).", "",
+        f"--test-cases {args.test_cases} --plans {args.plans}`" + " (writes this file).", "",
         f"Conditions: large-field lumbar-ct phantom (`--option large_field=true`, scale 1: 64 x 96 x 96 voxels, "
-        f"320-400 mm per axis), {args.cases} training and {args.test_cases} unseen test volumes; each layout "
-        f"planned (task {TASK}, `--gpu-memory-gb {GPU_MEMORY_GB}`) for the time its stages train on this CPU "
-        "(`--time-budget --device cpu`: the whole budget for 3d_fullres, half for each stage of the two-stage "
-        "layouts; the plans' choices below); every layout trained for the same total time of "
+        f"320-400 mm per axis), {args.cases} training and {args.test_cases} unseen test volumes; {_plans_phrase(args.plans)} "
+        "(the plans' choices below); every layout trained for the same total time of "
         f"{args.budget} on CPU ({platform.processor() or platform.machine()}, torch threads as the trainer sets them), "
         f"no test-time mirroring; load average {args.load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
         f"on {os.cpu_count()} cores (above the core count, other jobs shared the machine and every timing is slower). "
@@ -216,6 +224,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("lumbar_ct_bench"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "lumbar_ct.md")
     parser.add_argument("--dataset611", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset611_LumbarCT")
+    parser.add_argument("--plans", choices=("budget", "default"), default="budget",
+                        help="budget: each stage planned for its training time on this CPU; default: the 1.2 GB plan")
     parser.add_argument("--layouts", default=",".join(LAYOUTS), help="subset of " + ",".join(LAYOUTS))
     args = parser.parse_args()
     args.load_at_start = os.getloadavg()[0]
@@ -225,7 +235,7 @@ def main() -> None:
     test = api.example("lumbar-ct", work / "test", cases=args.test_cases, seed=1, large_field=True, overwrite=True)
     results, real = {}, {}
     for layout in args.layouts.split(","):
-        model = train_layout(layout, data, work / layout, parse_duration(args.budget))
+        model = train_layout(layout, data, work / layout, parse_duration(args.budget), args.plans)
         predict = predict_measured(model, test / "imagesTr", work / f"pred_{layout}")
         results[layout] = {"model": model, "predict": predict, "scores": scores(work / f"pred_{layout}", test / "labelsTr")}
         if (args.dataset611 / "imagesTr").is_dir():

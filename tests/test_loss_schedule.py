@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from autoseg import api
 from autoseg.errors import ConfigError
 from autoseg.trainers.loss import DeepSupervisionLoss, deep_supervision_weights, dice_ce_loss, soft_dice_loss
-from autoseg.trainers.schedule import parse_duration, poly_lr
+from autoseg.trainers.schedule import WARMUP_START, parse_duration, poly_lr, scheduled_lr
 
 
 def labels_2d(batch: int = 2, size: int = 8, classes: int = 3, seed: int = 0) -> torch.Tensor:
@@ -88,6 +88,26 @@ def test_poly_lr_starts_at_the_initial_rate_and_ends_at_zero():
     assert poly_lr(0.01, -0.5) == pytest.approx(0.01) and poly_lr(0.01, 1.5) == 0.0  # clamped
     rates = [poly_lr(0.01, f / 10) for f in range(11)]
     assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
+def test_a_warm_up_rises_linearly_to_the_rate_then_decays_over_the_rest_of_the_run():
+    assert scheduled_lr(0.01, 0.3) == poly_lr(0.01, 0.3)  # no warm-up: plain poly
+    assert scheduled_lr(0.01, 0.0, warmup=0.1) == pytest.approx(0.01 * WARMUP_START)  # never a zero step
+    assert scheduled_lr(0.01, 0.05, warmup=0.1) == pytest.approx(0.005)
+    assert scheduled_lr(0.01, 0.1, warmup=0.1) == pytest.approx(0.01)  # the peak, where poly takes over
+    assert scheduled_lr(0.01, 0.55, warmup=0.1) == pytest.approx(poly_lr(0.01, 0.5))
+    assert scheduled_lr(0.01, 1.0, warmup=0.1) == 0.0
+    rising = [scheduled_lr(0.01, f / 100, warmup=0.1) for f in range(1, 11)]
+    assert all(a < b for a, b in zip(rising, rising[1:]))
+
+
+@pytest.mark.parametrize("warmup", [-0.1, 0.5, float("nan")])
+def test_a_warm_up_outside_the_first_half_of_the_run_is_refused(warmup):
+    from autoseg.config import TrainConfig
+    from autoseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--warmup"):
+        TrainConfig(dataset_name="D", config="2d", fold="0", warmup=warmup)
 
 
 @pytest.mark.parametrize("text, seconds", [("30m", 1800), ("1h30m", 5400), ("90s", 90), ("1.5h", 5400),

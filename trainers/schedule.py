@@ -2,7 +2,8 @@
 
 Length is an option, never a class: a fixed number of epochs, or a wall-clock budget. In both the
 poly schedule follows the fraction of the run that is done, so every run ends fully decayed: with a
-budget, the fraction is elapsed training time over the budget.
+budget, the fraction is elapsed training time over the budget. An optional linear warm-up takes the
+first part of that fraction (`--warmup`).
 """
 from __future__ import annotations
 
@@ -30,3 +31,14 @@ def parse_duration(text: str) -> float:
 def poly_lr(initial_lr: float, fraction_done: float, exponent: float = 0.9) -> float:
     return initial_lr * (1.0 - min(max(fraction_done, 0.0), 1.0)) ** exponent
 
+
+
+WARMUP_START = 0.01  # of the rate: the first steps of a warm-up still move the weights
+
+
+def scheduled_lr(initial_lr: float, fraction_done: float, warmup: float = 0.0, exponent: float = 0.9) -> float:
+    """Linear warm-up over the first `warmup` fraction of the run, then poly decay to zero at its end."""
+    done = min(max(fraction_done, 0.0), 1.0)
+    if done < warmup:
+        return initial_lr * max(done / warmup, WARMUP_START)
+    return poly_lr(initial_lr, (done - warmup) / (1.0 - warmup), exponent)

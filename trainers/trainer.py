@@ -37,7 +37,7 @@ from autoseg.trainers.run_folder import (
     newest_resumable_checkpoint,
     write_run_json,
 )
-from autoseg.trainers.schedule import poly_lr
+from autoseg.trainers.schedule import scheduled_lr
 from autoseg.trainers.validation import pseudo_dice
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ class Trainer:
     def _set_lr(self) -> None:
         """From the fraction done as _agree_on_stop last decided it (rank 0's clock, for all ranks)."""
         for group in self.optimizer.param_groups:
-            group["lr"] = poly_lr(self.options.lr, self._fraction)
+            group["lr"] = scheduled_lr(self.options.lr, self._fraction, self.options.warmup)
 
     def _epoch_time_up(self, started: float) -> bool:
         """With a time budget an epoch also ends after a tenth of the budget, so that even a short
