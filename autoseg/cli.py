@@ -170,12 +170,23 @@ def train(
                 result = api.train(dataset, config, fold, workdir, resume=resume, run_dir=run_dir, progress=progress,
                                    on_event=display.update, num_folds=num_folds, group_by=group_by,
                                    rebuild_splits=rebuild_splits, **options)
+    _report_training(result, cross_validation)
+
+
+def _report_training(result: Path, cross_validation: bool) -> None:
+    """The run folder, or the cross-validation's table and folder."""
+    from autoseg import schema
+    from autoseg.render import crossval_table
+
     if under_torchrun() and os.environ.get("RANK") != "0":  # rank 0 reports for all
         return
-    if cross_validation:
-        _print_crossval(result)
-    else:
+    if not cross_validation:
         out.print(f"run folder: [bold]{result}[/] (checkpoints, run.json, progress.png, train.log)")
+        return
+    summary = schema.read_json(result / "crossval.json")
+    out.print(crossval_table(summary))
+    state = "complete" if summary["complete"] else f"{len(summary['folds'])} of {summary['num_folds']} folds"
+    out.print(f"cross-validation ({state}): [bold]{result}[/]; next: `autoseg find-best DATASET_NAME`")
 
 
 def _is_cross_validation(fold: Optional[str], folds: Optional[str]) -> bool:
@@ -206,16 +217,6 @@ def _split_devices(devices: Optional[str]) -> list[str]:
     if not all(names):
         raise ConfigError(f"--devices '{devices}': expected devices separated by commas, e.g. cuda:0,cuda:1; found an empty one")
     return names
-
-
-def _print_crossval(folder: Path) -> None:
-    from autoseg import schema
-    from autoseg.render import crossval_table
-
-    summary = schema.read_json(folder / "crossval.json")
-    out.print(crossval_table(summary))
-    state = "complete" if summary["complete"] else f"{len(summary['folds'])} of {summary['num_folds']} folds"
-    out.print(f"cross-validation ({state}): [bold]{folder}[/]; next: `autoseg find-best DATASET_NAME`")
 
 
 def _split_folds(folds: Optional[str]) -> list[str]:

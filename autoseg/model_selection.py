@@ -19,8 +19,8 @@ class only turns its own voxels into background, so the per-class steps are inde
 The result is written as <workdir>/runs/<dataset>/best.json (a ModelBundle, checkpoint paths
 relative to that folder and never outside it: dataset and configuration names are plain folder
 names, and reading a bundle refuses paths that leave its folder); `autoseg predict --model best`
-reads it. Which configurations are complete is checked by autoseg/crossval_results.py. Cases are scored one after the other (simple, and fast enough for the small out-of-fold
-sets of one dataset).
+reads it. Which configurations are complete is checked by autoseg/crossval_results.py. Cases are
+scored one after the other (simple, and fast enough for the small out-of-fold sets of one dataset).
 """
 from __future__ import annotations
 

@@ -56,10 +56,10 @@ def main() -> None:
         for variant in args.variant or ["budget"]:
             out_json = args.work / f"{variant}_{budget}{_warmup_tag(args.warmup)}.json"
             out_json.parent.mkdir(parents=True, exist_ok=True)
-            length = ["--iterations", str(args.iterations)] if args.iterations else []
-            length += ["--warmup", str(args.warmup)]
+            row_options = ["--iterations", str(args.iterations)] if args.iterations else []
+            row_options += ["--warmup", str(args.warmup)]
             subprocess.run([sys.executable, __file__, "--dataset", str(args.dataset), "--config", args.config, "--fold",
-                            args.fold, "--work", str(args.work), "--budget", budget, *length,
+                            args.fold, "--work", str(args.work), "--budget", budget, *row_options,
                             "--row", variant, budget, str(out_json)], check=True)
             rows.append(json.loads(out_json.read_text()))
             print(json.dumps(_summary_line(rows[-1])), flush=True)
@@ -118,11 +118,14 @@ def _plan(dataset: Path, workdir: Path, config: str, variant: str, budget_s: flo
     the one change."""
     from autoseg import api, schema
     from autoseg.config import load_plan
+    from autoseg.dataset import load_dataset
 
-    plan, path = api.plan(dataset, workdir, configs=[config], time_budget_s=None if variant == "default" else budget_s,
-                          device="cpu")
-    twin_plan = twin / "plans" / plan.dataset_name / "plan.json"
-    if variant != "default" and twin != workdir and twin_plan.is_file():
+    twin_plan = twin / "plans" / load_dataset(dataset).name / "plan.json"
+    reuse = variant != "default" and twin != workdir and twin_plan.is_file()
+    # a reused plan needs only the dataset checked and fingerprinted here, not its step times measured again
+    measure = variant != "default" and not reuse
+    plan, path = api.plan(dataset, workdir, configs=[config], time_budget_s=budget_s if measure else None, device="cpu")
+    if reuse:
         plan = load_plan(twin_plan)
     if variant == "budget-all-mirrors":
         every_axis = replace(plan.config(config), mirror_axes=tuple(range(len(plan.config(config).patch_size))))
