@@ -33,15 +33,17 @@ def smallest_structure_mm(fingerprint: Fingerprint) -> float | None:
 
 def structure_cover_mm(fingerprint: Fingerprint, min_voxels: int, spacing, axes: Sequence[int] | None = None) -> tuple[float, ...] | None:
     """What a patch must cover (mm per axis of `axes`, default all) to hold the labelled structures with
-    context: the median foreground extent plus, as a margin of half of it on each side, the largest of
-    those extents, and never under `min_voxels` at `spacing` (given for `axes`). None when the
-    fingerprint has no foreground extents (older ones)."""
+    context: the median foreground extent plus a margin of half the smallest of those extents (a quarter
+    of the structures' thickness on each side), and never under `min_voxels` at `spacing` (given for
+    `axes`). The margin scales with the thickness, not the length: a lumbar column 25 cm long but 10 cm
+    thick needs its length covered, not 25 cm of context around it. None when the fingerprint has no
+    foreground extents (older ones)."""
     axes = list(range(fingerprint.ndim)) if axes is None else list(axes)
     extents = [c.foreground_extent_mm for c in fingerprint.cases if c.foreground_extent_mm]
     if not extents:
         return None
     extent = [median(e[axis] for e in extents) for axis in axes]
-    margin = max(extent)
+    margin = min(extent) / 2.0
     return tuple(max(e + margin, min_voxels * s) for e, s in zip(extent, spacing))
 
 

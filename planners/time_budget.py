@@ -8,9 +8,10 @@ from measured step times (planners/step_time.py):
    resolution floor: the smallest labelled structure keeps at least MIN_STRUCTURE_VOXELS across.
    Each candidate's patch covers the median image where memory allows, as in the default plan, so
    no context is lost; the network's depth follows the patch. Where the labelled structures are
-   small in a large image (a cord in a neck slice), the patch covers them with a margin instead,
-   when that is at least COVER_GAIN times fewer voxels: many more, better balanced samples per
-   second, the rest of the image seen through randomly placed patches.
+   a small share of a large image (a cord in a neck slice, a lumbar column in a trunk CT), the patch
+   covers them with a margin instead (planners/structures.py), when that is at least COVER_GAIN
+   times fewer voxels: many more, better balanced samples per second, the rest of the image seen
+   through randomly placed patches.
 2. Take the finest spacing at which training sees ENOUGH_SAMPLES patches in the budget; when none
    does, the candidate that sees the most (the coarsest allowed spacing, then half the width).
 3. The batch doubles while that raises throughput by more than 10% and keeps MIN_ITERATIONS steps.
@@ -45,7 +46,7 @@ TRAINING_SHARE = 0.9  # of the budget; validation and checkpoints take the rest
 LOADER_OVERHEAD = {"cpu": 1.25, "cuda": 1.05}
 WIDTHS = (BASE_FEATURES, BASE_FEATURES // 2)
 COVER_GAIN = 4.0  # a patch covering the labelled structures replaces the whole-image one when this many times smaller
-MIN_COVER_VOXELS = 64  # ... and is never narrower than this
+MIN_COVER_VOXELS = {2: 64, 3: 32}  # ... and is never narrower than this per axis (the network's pooling needs it)
 
 StepSeconds = Callable[[StepCandidate], float]
 
@@ -168,9 +169,10 @@ class _BudgetFit:
     def _covering(self, whole: ConfigPlan, spacing: np.ndarray, width: int) -> ConfigPlan:
         """The plan whose patch covers the labelled structures with a margin instead of the whole
         median image, where that is at least COVER_GAIN times fewer voxels (small structures in large
-        images: a cord in a neck slice); else the whole-image plan."""
+        images: a cord in a neck slice, a lumbar column in a trunk CT); else the whole-image plan."""
         axes = range(1, 3) if self.slice_axis_dropped else None  # a 2d configuration of 3D cases: in-plane only
-        cover = structure_cover_mm(self.fingerprint, MIN_COVER_VOXELS, spacing[1:] if self.slice_axis_dropped else spacing, axes)
+        patch_spacing = spacing[1:] if self.slice_axis_dropped else spacing
+        cover = structure_cover_mm(self.fingerprint, MIN_COVER_VOXELS[len(patch_spacing)], patch_spacing, axes)
         if cover is None:
             return whole
         covering = self.contexts[width].configure(self.name, spacing, cover)

@@ -168,8 +168,8 @@ def test_small_structures_in_large_images_get_patches_that_cover_them_not_the_wh
     whole = plan_dataset(cord).config("2d")
     assert whole.patch_size == (384, 320)  # without a budget: nnU-Net's whole-image patch, unchanged
     assert math.prod(config.patch_size) * 4 <= math.prod(whole.patch_size)
-    # covers the structures (10 x 18 mm) plus an 18 mm margin, never under 64 px
-    assert all(p * s >= e + 18.0 and p >= 64 for p, s, e in zip(config.patch_size, config.spacing, (10.0, 18.0)))
+    # covers the structures (10 x 18 mm) plus a 5 mm margin (half the smaller extent), never under 64 px
+    assert all(p * s >= e + 5.0 and p >= 64 for p, s, e in zip(config.patch_size, config.spacing, (10.0, 18.0)))
     assert any("instead of the whole image" in r for r in config.budget.reasons)
     assert config.median_shape == whole.median_shape
 
@@ -182,7 +182,7 @@ def test_structures_that_fill_the_image_keep_the_whole_image_patch():
 
 
 def test_a_2d_configuration_of_3d_cases_covers_the_structures_in_plane_only():
-    """The cord's length along the slices (51 mm) must not widen the in-plane margin of 2d patches."""
+    """The cord's length along the slices (51 mm) must not widen the in-plane patch of 2d patches."""
     fractions, components = {"0": 0.997, "1": 0.002, "2": 0.001}, {"0": 0, "1": 1, "2": 2}
     cases = tuple(CaseFingerprint(f"c{i:03d}", (3.0, 0.5, 0.5), (17, 384, 320), (17, 384, 320), fractions, components,
                                   foreground_extent_mm=(51.0, 10.0, 18.0)) for i in range(8))
@@ -190,14 +190,14 @@ def test_a_2d_configuration_of_3d_cases_covers_the_structures_in_plane_only():
                        (ChannelFingerprint("T2star", "mr", STATS),), cases)
     plan = fit_plan_to_budget(plan_dataset(cord, configs=["2d"]), cord, request(1800), fake_step_seconds)
     config = plan.config("2d")
-    assert all(64 <= p <= 96 for p in config.patch_size), config.patch_size  # (10 or 18) + 18 mm at 0.5 mm, >= 64 px
+    assert all(64 <= p <= 96 for p in config.patch_size), config.patch_size  # (10 or 18) + 5 mm at 0.5 mm, >= 64 px
 
 
-def trunk_ct_fingerprint() -> Fingerprint:
+def trunk_ct_fingerprint(extent_mm=()) -> Fingerprint:
     """Large CT volumes whose fullres patch covers a small part: the default plan has 3d_lowres and the cascade."""
     fractions, components = {"0": 0.98, **{str(v): 0.004 for v in range(1, 6)}}, {"0": 0, **{str(v): 1 for v in range(1, 6)}}
-    cases = tuple(CaseFingerprint(f"c{i:03d}", (1.5, 0.8, 0.8), (300, 512, 512), (300, 512, 512), fractions, components)
-                  for i in range(10))
+    cases = tuple(CaseFingerprint(f"c{i:03d}", (1.5, 0.8, 0.8), (300, 512, 512), (300, 512, 512), fractions, components,
+                                  foreground_extent_mm=extent_mm) for i in range(10))
     labels = {"background": 0, **{f"L{v}": v for v in range(1, 6)}}
     return Fingerprint("Dataset995_Trunk", 3, ".nii.gz", labels, (ChannelFingerprint("CT", "ct", STATS),), cases)
 
@@ -215,3 +215,20 @@ def test_a_budget_plan_keeps_the_cascade_with_a_first_stage_coarser_than_fullres
     assert cascade.patch_size == fullres.patch_size and cascade.spacing == fullres.spacing
     assert cascade.batch_size == fullres.batch_size and cascade.previous_stage == "3d_lowres"
     assert cascade.network.in_channels == fullres.network.in_channels + 5
+
+
+def test_a_long_structure_thin_in_a_large_volume_gets_patches_around_its_thickness():
+    """A lumbar column (240 mm long, 90 x 120 mm across) in a 450 x 410 x 410 mm trunk CT: the margin follows
+    its thickness, not its length, so the patch covers the column and leaves most of the trunk out."""
+    column = (240.0, 90.0, 120.0)
+    trunk = trunk_ct_fingerprint(extent_mm=column)
+    whole = fit_plan_to_budget(plan_dataset(trunk_ct_fingerprint()), trunk_ct_fingerprint(), request(1800), fake_step_seconds)
+    plan = fit_plan_to_budget(plan_dataset(trunk), trunk, request(1800), fake_step_seconds)
+    for name in ("3d_lowres", "3d_fullres"):
+        config = plan.config(name)
+        assert any("instead of the whole image" in r for r in config.budget.reasons), name
+        assert math.prod(config.patch_size) * 4 <= math.prod(whole.config(name).patch_size)
+        assert config.budget.expected_iterations > whole.config(name).budget.expected_iterations
+        mm = [p * s for p, s in zip(config.patch_size, config.spacing)]
+        assert all(m >= e + 45.0 for m, e in zip(mm, column)), (name, mm)  # a margin of half the 90 mm thickness
+        assert all(p >= 32 for p in config.patch_size), (name, config.patch_size)
