@@ -13,7 +13,7 @@ from autoseg.fingerprint import compute_fingerprint
 from autoseg.progress import ProgressFactory, task
 from autoseg.task_api import (  # noqa: F401  re-exported: the tasks' commands are part of this API
     dti_metrics, dti_prepare, dti_regions, evaluate_dose, predict_localized, qc, qc_evaluate, remove_table,
-    simulate_dose,
+    simulate_dose, tasks,
 )
 from autoseg.workdir import Workdir
 
@@ -96,13 +96,6 @@ def _dataset_task(dataset: Dataset):
         return task_plan(dataset.task["name"], dataset.task["options"], f"{where} options")
     except RegistryError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-
-
-def tasks() -> list:
-    """Every registered clinical task profile (autoseg/tasks), by name."""
-    from autoseg.tasks import TASKS
-
-    return [TASKS.get(name) for name in TASKS.names()]
 
 
 # ---------------------------------------------------------------- task lumbar-ct

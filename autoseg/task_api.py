@@ -1,13 +1,20 @@
-"""The clinical tasks' own commands (autoseg/tasks) as Python functions: dose simulation and
-evaluation, lumbar radiograph QC, localized prediction, table removal, DTI preparation, regions and
-metrics. `autoseg.api` re-exports every one, so the API is one namespace; this module imports
-nothing of the generic API, which keeps the house one-directional."""
+"""The clinical tasks' own commands (autoseg/tasks) as Python functions: the list of task profiles,
+dose simulation and evaluation, lumbar radiograph QC, localized prediction, table removal, DTI
+preparation, regions and metrics. `autoseg.api` re-exports every one, so the API is one
+namespace; this module imports nothing of the generic API, which keeps the house one-directional."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
 from autoseg.progress import ProgressFactory, task
+
+
+def tasks() -> list:
+    """Every registered clinical task profile (autoseg/tasks), by name."""
+    from autoseg.tasks import TASKS
+
+    return [TASKS.get(name) for name in TASKS.names()]
 
 
 # ---------------------------------------------------------------- task cervical-lowdose
