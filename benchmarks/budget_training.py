@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/budget_training.py --budget 30m [--budget 10m ...] \
         [--variant budget --variant default] [--dataset ../shared/data/Dataset601_SpineXrayAP] \
-        [--config 2d] [--fold 0] [--warmup 0.05] [--work /tmp/budget_bench]
+        [--config 2d] [--fold 0] [--warmup 0.05] [--work /tmp/budget_bench] \
+        [--variant nnunet --nnunet-python /tmp/nnvenv/bin/python]
 
 Each row, in a fresh subprocess: plan the dataset (`budget`: `autoseg plan --time-budget B --device
 cpu`; `default`: the default plan), train one fold of the dataset's splits_final.json for the
@@ -11,6 +12,10 @@ bf16 where it recorded one, else fp32), predict that fold's validation cases (mi
 `autoseg predict` does by default) and score them with `autoseg evaluate --only-predicted`. The
 row records the plan, the iterations trained, the time-to-Dice curve (run.json) and the Dice per
 class; results are appended to benchmarks/results/budget_training.md and kept as JSON in WORK.
+`nnunet`: nnU-Net v2's default plan and trainer for the same wall time and fold, in its own venv
+(benchmarks/nnunet_budget_train.py; see plan_vs_nnunet.py for the venv), its predictions scored by
+`autoseg evaluate` like the others; it needs the dataset's splits_final.json (nnU-Net's own random
+split would hold out other cases).
 Run nothing else on the machine meanwhile: the budget is wall time.
 """
 from __future__ import annotations
@@ -28,7 +33,8 @@ DEFAULT_DATASET = ROOT.parent / "shared" / "data" / "Dataset601_SpineXrayAP"
 RESULTS = ROOT / "benchmarks" / "results" / "budget_training.md"
 # budget-all-mirrors: the budget plan with every axis mirrored (nnU-Net's rule), to measure the
 # label-order rule of planners/mirroring.py
-VARIANTS = ("budget", "default", "budget-all-mirrors")
+VARIANTS = ("budget", "default", "budget-all-mirrors", "nnunet")
+DEFAULT_NNUNET_PYTHON = Path("/tmp/nnvenv/bin/python")
 ITERS_PER_EPOCH = 250
 
 
@@ -44,11 +50,14 @@ def main() -> None:
                         "is still made for it): compares variants at equal work on a machine that is not quiet")
     parser.add_argument("--warmup", type=float, default=0.0, help="linear lr warm-up over this fraction of the run "
                         "(`autoseg train --warmup`); rows with and without it are the warm-up A/B")
+    parser.add_argument("--nnunet-python", type=Path, default=DEFAULT_NNUNET_PYTHON,
+                        help="interpreter of a venv with nnunetv2, for the nnunet variant")
     parser.add_argument("--row", nargs=3, metavar=("VARIANT", "BUDGET", "OUT_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row:
         variant, budget, out_json = args.row
-        result = run_row(args.dataset, args.config, args.fold, variant, budget, args.work, args.iterations, args.warmup)
+        result = _nnunet_row(args.dataset, args.config, args.fold, budget, args.work, args.nnunet_python) \
+            if variant == "nnunet" else run_row(args.dataset, args.config, args.fold, variant, budget, args.work, args.iterations, args.warmup)
         Path(out_json).write_text(json.dumps(result, indent=1))
         return
     rows = []
@@ -57,7 +66,7 @@ def main() -> None:
             out_json = args.work / f"{variant}_{budget}{_warmup_tag(args.warmup)}.json"
             out_json.parent.mkdir(parents=True, exist_ok=True)
             row_options = ["--iterations", str(args.iterations)] if args.iterations else []
-            row_options += ["--warmup", str(args.warmup)]
+            row_options += ["--warmup", str(args.warmup), "--nnunet-python", str(args.nnunet_python)]
             subprocess.run([sys.executable, __file__, "--dataset", str(args.dataset), "--config", args.config, "--fold",
                             args.fold, "--work", str(args.work), "--budget", budget, *row_options,
                             "--row", variant, budget, str(out_json)], check=True)
@@ -107,6 +116,41 @@ def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, wo
         "precision": cfg.budget.precision if cfg.budget else "fp32 (auto)",
         "expected_iterations": cfg.budget.expected_iterations if cfg.budget else None,
         "epochs": record["epochs_done"], "elapsed_s": record["elapsed_s"], "time_to_dice": record.get("time_to_dice"),
+        "mean_foreground_dice": summary.mean_foreground_dice,
+        "dice_per_class": {name: values.get("dice") for name, values in summary.mean_per_class.items()},
+    }
+
+
+def _nnunet_row(dataset: Path, config: str, fold: str, budget: str, work: Path, nnunet_python: Path) -> dict:
+    """nnU-Net v2 trained for the budget on the same fold, predicting the same validation cases."""
+    from autoseg import api
+    from autoseg.dataset import load_dataset
+    from autoseg.trainers.schedule import parse_duration
+
+    splits = dataset / "splits_final.json"
+    if not splits.is_file():
+        raise SystemExit(f"{splits}: missing; the nnunet row needs the dataset's own folds to hold out the same cases")
+    val_ids = json.loads(splits.read_text())[int(fold)]["val"]
+    workdir = work / f"nnunet_{budget}"
+    images = _validation_folder(load_dataset(dataset), val_ids, workdir / "validation_images")
+    predictions, result_json = workdir / "predictions", workdir / "nnunet.json"
+    if not result_json.is_file():  # a row whose scoring failed is scored again, not retrained
+        subprocess.run([str(nnunet_python), str(ROOT / "benchmarks" / "nnunet_budget_train.py"), "--dataset", str(dataset),
+                        "--config", config, "--fold", fold, "--budget-s", str(parse_duration(budget)),
+                        "--work", str(workdir / "nnunet_folders"), "--images", str(images), "--out", str(predictions),
+                        "--result", str(result_json)], check=True, stdout=subprocess.DEVNULL)
+    trained = json.loads(result_json.read_text())
+    summary = api.evaluate(predictions, dataset / "labelsTr", only_predicted=True)
+    plan = trained["plan"]
+    return {
+        "variant": f"nnU-Net v2 {trained['nnunetv2_version']} (default plan, nnUNetTrainer)", "budget": budget,
+        "dataset": dataset.name, "config": config, "fold": fold, "val_cases": len(val_ids),
+        "plan_s": round(trained["preprocess_s"], 1), "train_wall_s": round(trained["train_wall_s"], 1),
+        "predict_s_per_case": round(trained["predict_s_per_case"], 2),
+        "spacing": plan["spacing"], "patch": plan["patch_size"], "batch": plan["batch_size"],
+        "features": plan["base_features"], "mirror_axes": "all", "precision": "fp32",
+        "expected_iterations": None, "epochs": f"{trained['epochs_started']} ({trained['iterations']} it)",
+        "elapsed_s": trained["train_wall_s"], "time_to_dice": None,
         "mean_foreground_dice": summary.mean_foreground_dice,
         "dice_per_class": {name: values.get("dice") for name, values in summary.mean_per_class.items()},
     }
@@ -178,7 +222,7 @@ def _append_markdown(rows: list[dict], args) -> None:
     lines.append("\nTime to Dice (mean validation pseudo-Dice of the epoch ending at that minute of training):\n")
     for r in rows:
         curve = ", ".join(f"{p['minutes']:.0f}': {p['pseudo_dice']:.2f}" for p in r.get("time_to_dice") or [])
-        lines.append(f"- {r['variant']} {r['budget']}: {curve}")
+        lines.append(f"- {r['variant']} {r['budget']}: {curve or 'not recorded (no validation within the budget)'}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as handle:
         handle.write("\n".join(lines) + "\n")
