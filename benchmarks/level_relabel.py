@@ -1,0 +1,136 @@
+"""Can rules applied after prediction give vertebrae their right level? Measured, not assumed.
+
+    .venv/bin/python benchmarks/level_relabel.py --predictions DIR [--predictions DIR2 ...] \
+        --labels RAW_DATASET/labelsTr [--work /tmp/level_relabel]
+
+`benchmarks/level_errors.py` shows that a budget-trained model of Dataset601 finds the vertebrae
+but gives a sixth of the lumbar ones a neighbour's level. This applies three rule sets to a
+folder of 2D predictions (levels L1..L5, head at the top of the image) and scores each with
+`autoseg evaluate --only-predicted`, beside the unchanged predictions:
+
+- `order`: the level pieces (connected components of each level, those of at least a fifth of the
+  median piece) sorted head to foot must read as consecutive levels; if they do not, they are
+  renumbered with the run of consecutive levels that keeps the most predicted labels, when exactly
+  one run does (the rule of autoseg/tasks/levels.py, in image rows);
+- `vote+order`: first every vertebra (connected component of all levels merged) takes its
+  majority level, then `order`; wrong where two vertebrae touch and merge into one component;
+- `pieces+order`: first only the pieces smaller than 40% of their vertebra's largest piece take
+  the vertebra's majority level, then `order`.
+
+Prints a markdown table; writes relabelled copies under WORK, never touches the predictions.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+import cc3d
+import numpy as np
+from scipy import ndimage
+
+from autoseg import api
+from autoseg.io import read_label, write_image
+
+LEVELS = (2, 3, 4, 5, 6)  # L1..L5 in Dataset601_SpineXrayAP
+PIECE_FLOOR = 0.2  # pieces smaller than this share of the median piece are ignored by `order`
+SMALL_PIECE = 0.4  # `pieces`: share of the vertebra's largest piece below which a piece is relabelled
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--predictions", type=Path, action="append", required=True, help="a folder of predictions (repeatable)")
+    parser.add_argument("--labels", type=Path, required=True, help="reference label folder (labelsTr)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/level_relabel"))
+    args = parser.parse_args()
+    rules: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {
+        "as predicted": None, "order": order, "vote+order": lambda labels: order(vote(labels)),
+        "pieces+order": lambda labels: order(vote_small_pieces(labels))}
+    print("| predictions | rules | mean fg Dice | " + " | ".join(f"L{i}" for i in range(1, 6)) + " |")
+    print("|---|---|---|" + "---|" * len(LEVELS))
+    for folder in args.predictions:
+        for name, rule in rules.items():
+            out = args.work / folder.parent.name / name.replace("+", "_").replace(" ", "_")
+            _relabel_folder(folder, out, rule)
+            summary = api.evaluate(out, args.labels, only_predicted=True)
+            dice = [summary.mean_per_class[f"L{i}"]["dice"] for i in range(1, 6)]
+            print(f"| {folder} | {name} | {summary.mean_foreground_dice:.3f} | " + " | ".join(f"{d:.3f}" for d in dice) + " |",
+                  flush=True)
+
+
+def _relabel_folder(folder: Path, out: Path, rule: Callable[[np.ndarray], np.ndarray] | None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(folder.glob("*.png")):
+        labels, geometry = read_label(path)
+        labels = np.asarray(labels, dtype=np.uint8)
+        write_image(out / path.name, labels if rule is None else rule(labels), geometry)
+
+
+def _pieces(labels: np.ndarray) -> tuple[np.ndarray, list[tuple[int, float, int, int]]]:
+    """Connected pieces of each level: (id, centroid row, pixels, level)."""
+    levels = np.where(np.isin(labels, LEVELS), labels, 0)
+    ids = cc3d.connected_components(levels, connectivity=8)
+    stats = cc3d.statistics(ids)
+    present = [i for i in range(1, len(stats["voxel_counts"])) if stats["voxel_counts"][i] > 0]
+    if not present:
+        return ids, []
+    values = ndimage.maximum(levels, labels=ids, index=present)  # one level per piece
+    return ids, [(i, float(stats["centroids"][i][0]), int(stats["voxel_counts"][i]), int(v))
+                 for i, v in zip(present, values)]
+
+
+def order(labels: np.ndarray) -> np.ndarray:
+    """Level pieces head to foot renumbered as consecutive levels where they are not, if unambiguous."""
+    ids, pieces = _pieces(labels)
+    if not pieces:
+        return labels
+    floor = PIECE_FLOOR * float(np.median([p[2] for p in pieces]))
+    bodies = sorted((p for p in pieces if p[2] >= floor), key=lambda p: p[1])
+    sequence = [p[3] for p in bodies]
+    if sequence == sorted(set(sequence)) or len(sequence) > len(LEVELS):
+        return labels
+    n = len(sequence)
+    scores = [(sum(a == b for a, b in zip(LEVELS[s:s + n], sequence)), s) for s in range(len(LEVELS) - n + 1)]
+    best = max(score for score, _ in scores)
+    starts = [s for score, s in scores if score == best]
+    if len(starts) != 1:
+        return labels
+    out = labels.copy()
+    for piece, level in zip(bodies, LEVELS[starts[0]:starts[0] + n]):
+        out[ids == piece[0]] = level
+    return out
+
+
+def _majority(labels: np.ndarray, mask: np.ndarray) -> int:
+    counts = np.bincount(labels[mask], minlength=max(LEVELS) + 1)
+    counts[[v for v in range(len(counts)) if v not in LEVELS]] = 0
+    return int(counts.argmax())
+
+
+def vote(labels: np.ndarray) -> np.ndarray:
+    """Every vertebra (component of all levels merged) takes its majority level."""
+    vertebrae = cc3d.connected_components(np.isin(labels, LEVELS).astype(np.uint8), connectivity=8)
+    out = labels.copy()
+    for i in range(1, int(vertebrae.max()) + 1):
+        mask = vertebrae == i
+        out[mask] = _majority(labels, mask)
+    return out
+
+
+def vote_small_pieces(labels: np.ndarray) -> np.ndarray:
+    """Pieces smaller than SMALL_PIECE of their vertebra's largest piece take the vertebra's majority level."""
+    vertebrae = cc3d.connected_components(np.isin(labels, LEVELS).astype(np.uint8), connectivity=8)
+    ids, _ = _pieces(labels)
+    out = labels.copy()
+    for i in range(1, int(vertebrae.max()) + 1):
+        mask = vertebrae == i
+        piece_ids, sizes = np.unique(ids[mask], return_counts=True)
+        majority = _majority(labels, mask)
+        for piece, size in zip(piece_ids, sizes):
+            if size < SMALL_PIECE * sizes.max():
+                out[ids == piece] = majority
+    return out
+
+
+if __name__ == "__main__":
+    main()
