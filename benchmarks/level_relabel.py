@@ -8,10 +8,11 @@ but gives a sixth of the lumbar ones a neighbour's level. This applies three rul
 folder of 2D predictions (levels L1..L5, head at the top of the image) and scores each with
 `autoseg evaluate --only-predicted`, beside the unchanged predictions:
 
-- `order`: the level pieces (connected components of each level, those of at least a fifth of the
-  median piece) sorted head to foot must read as consecutive levels; if they do not, they are
-  renumbered with the run of consecutive levels that keeps the most predicted labels, when exactly
-  one run does (the rule of autoseg/tasks/levels.py, in image rows);
+- `order`: the level check of the lumbar-ct task (autoseg/tasks/levels.py), image rows taken
+  as head to foot: pieces under a fifth of the median level's largest piece go to the level they
+  touch; the rest, sorted head to foot, must read as consecutive levels; if they do not, they are
+  renumbered with the run of consecutive levels that keeps the most predicted labels, when
+  exactly one does;
 - `vote+order`: first every vertebra (connected component of all levels merged) takes its
   majority level, then `order`; wrong where two vertebrae touch and merge into one component;
 - `pieces+order`: first only the pieces smaller than 40% of their vertebra's largest piece take
@@ -27,13 +28,13 @@ from typing import Callable
 
 import cc3d
 import numpy as np
-from scipy import ndimage
 
 from autoseg import api
-from autoseg.io import read_label, write_image
+from autoseg.io import Geometry, read_label, write_image
+from autoseg.tasks.levels import check_levels
 
 LEVELS = (2, 3, 4, 5, 6)  # L1..L5 in Dataset601_SpineXrayAP
-PIECE_FLOOR = 0.2  # pieces smaller than this share of the median piece are ignored by `order`
+PIECE_FLOOR = 0.2  # `order`: pieces under this share of the median level's largest piece are fragments
 SMALL_PIECE = 0.4  # `pieces`: share of the vertebra's largest piece below which a piece is relabelled
 
 
@@ -66,39 +67,20 @@ def _relabel_folder(folder: Path, out: Path, rule: Callable[[np.ndarray], np.nda
         write_image(out / path.name, labels if rule is None else rule(labels), geometry)
 
 
-def _pieces(labels: np.ndarray) -> tuple[np.ndarray, list[tuple[int, float, int, int]]]:
-    """Connected pieces of each level: (id, centroid row, pixels, level)."""
-    levels = np.where(np.isin(labels, LEVELS), labels, 0)
-    ids = cc3d.connected_components(levels, connectivity=8)
-    stats = cc3d.statistics(ids)
-    present = [i for i in range(1, len(stats["voxel_counts"])) if stats["voxel_counts"][i] > 0]
-    if not present:
-        return ids, []
-    values = ndimage.maximum(levels, labels=ids, index=present)  # one level per piece
-    return ids, [(i, float(stats["centroids"][i][0]), int(stats["voxel_counts"][i]), int(v))
-                 for i, v in zip(present, values)]
+# a radiograph as a one-slice volume whose image rows run from head to feet (world -z, the axis
+# check_levels orders along); a proper rotation, so the check sees the image as it is
+ROWS_TO_FEET = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0))
 
 
 def order(labels: np.ndarray) -> np.ndarray:
-    """Level pieces head to foot renumbered as consecutive levels where they are not, if unambiguous."""
-    ids, pieces = _pieces(labels)
-    if not pieces:
-        return labels
-    floor = PIECE_FLOOR * float(np.median([p[2] for p in pieces]))
-    bodies = sorted((p for p in pieces if p[2] >= floor), key=lambda p: p[1])
-    sequence = [p[3] for p in bodies]
-    if sequence == sorted(set(sequence)) or len(sequence) > len(LEVELS):
-        return labels
-    n = len(sequence)
-    scores = [(sum(a == b for a, b in zip(LEVELS[s:s + n], sequence)), s) for s in range(len(LEVELS) - n + 1)]
-    best = max(score for score, _ in scores)
-    starts = [s for score, s in scores if score == best]
-    if len(starts) != 1:
-        return labels
-    out = labels.copy()
-    for piece, level in zip(bodies, LEVELS[starts[0]:starts[0] + n]):
-        out[ids == piece[0]] = level
-    return out
+    """autoseg/tasks/levels.py's check: fragments to the level they touch, then level pieces head to
+    foot renumbered as consecutive levels where they are not, if unambiguous."""
+    return check_levels(labels[None], ROWS_TO_FEET, LEVELS, fragment_fraction=PIECE_FLOOR).labels[0]
+
+
+def _pieces(labels: np.ndarray) -> np.ndarray:
+    """Connected pieces of each level."""
+    return cc3d.connected_components(np.where(np.isin(labels, LEVELS), labels, 0), connectivity=8)
 
 
 def _majority(labels: np.ndarray, mask: np.ndarray) -> int:
@@ -120,7 +102,7 @@ def vote(labels: np.ndarray) -> np.ndarray:
 def vote_small_pieces(labels: np.ndarray) -> np.ndarray:
     """Pieces smaller than SMALL_PIECE of their vertebra's largest piece take the vertebra's majority level."""
     vertebrae = cc3d.connected_components(np.isin(labels, LEVELS).astype(np.uint8), connectivity=8)
-    ids, _ = _pieces(labels)
+    ids = _pieces(labels)
     out = labels.copy()
     for i in range(1, int(vertebrae.max()) + 1):
         mask = vertebrae == i
