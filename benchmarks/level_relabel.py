@@ -83,6 +83,11 @@ def _pieces(labels: np.ndarray) -> np.ndarray:
     return cc3d.connected_components(np.where(np.isin(labels, LEVELS), labels, 0), connectivity=8)
 
 
+def _vertebrae(labels: np.ndarray) -> np.ndarray:
+    """Connected components of all levels merged: a vertebra each, unless neighbours touch."""
+    return cc3d.connected_components(np.isin(labels, LEVELS).astype(np.uint8), connectivity=8)
+
+
 def _majority(labels: np.ndarray, mask: np.ndarray) -> int:
     counts = np.bincount(labels[mask], minlength=max(LEVELS) + 1)
     counts[[v for v in range(len(counts)) if v not in LEVELS]] = 0
@@ -91,7 +96,7 @@ def _majority(labels: np.ndarray, mask: np.ndarray) -> int:
 
 def vote(labels: np.ndarray) -> np.ndarray:
     """Every vertebra (component of all levels merged) takes its majority level."""
-    vertebrae = cc3d.connected_components(np.isin(labels, LEVELS).astype(np.uint8), connectivity=8)
+    vertebrae = _vertebrae(labels)
     out = labels.copy()
     for i in range(1, int(vertebrae.max()) + 1):
         mask = vertebrae == i
@@ -101,7 +106,7 @@ def vote(labels: np.ndarray) -> np.ndarray:
 
 def vote_small_pieces(labels: np.ndarray) -> np.ndarray:
     """Pieces smaller than SMALL_PIECE of their vertebra's largest piece take the vertebra's majority level."""
-    vertebrae = cc3d.connected_components(np.isin(labels, LEVELS).astype(np.uint8), connectivity=8)
+    vertebrae = _vertebrae(labels)
     ids = _pieces(labels)
     out = labels.copy()
     for i in range(1, int(vertebrae.max()) + 1):
