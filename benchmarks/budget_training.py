@@ -116,8 +116,7 @@ def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, wo
         "precision": cfg.budget.precision if cfg.budget else "fp32 (auto)",
         "expected_iterations": cfg.budget.expected_iterations if cfg.budget else None,
         "epochs": record["epochs_done"], "elapsed_s": record["elapsed_s"], "time_to_dice": record.get("time_to_dice"),
-        "mean_foreground_dice": summary.mean_foreground_dice,
-        "dice_per_class": {name: values.get("dice") for name, values in summary.mean_per_class.items()},
+        **_scores(summary),
     }
 
 
@@ -151,8 +150,7 @@ def _nnunet_row(dataset: Path, config: str, fold: str, budget: str, work: Path, 
         "features": plan["base_features"], "mirror_axes": "all", "precision": "fp32",
         "expected_iterations": None, "epochs": f"{trained['epochs_started']} ({trained['iterations']} it)",
         "elapsed_s": trained["train_wall_s"], "time_to_dice": None,
-        "mean_foreground_dice": summary.mean_foreground_dice,
-        "dice_per_class": {name: values.get("dice") for name, values in summary.mean_per_class.items()},
+        **_scores(summary),
     }
 
 
@@ -192,6 +190,11 @@ def _validation_folder(ds, val_ids, folder: Path) -> Path:
                 if not link.exists():
                     link.symlink_to(image.resolve())
     return folder
+
+
+def _scores(summary) -> dict:
+    return {"mean_foreground_dice": summary.mean_foreground_dice,
+            "dice_per_class": {name: values.get("dice") for name, values in summary.mean_per_class.items()}}
 
 
 def _finished(run: Path) -> bool:

@@ -6,8 +6,8 @@
 Runs under nnU-Net's own interpreter (nnU-Net is not an autoseg dependency; see plan_vs_nnunet.py for
 the venv) and imports nothing from autoseg. Three steps, all with nnU-Net's defaults:
 
-1. nnU-Net's folders under WORK (nnUNet_raw with RAW_DATASET linked in, nnUNet_preprocessed,
-   nnUNet_results); fingerprint, default ExperimentPlanner and default preprocessing of CONFIG
+1. nnU-Net's folders under WORK (raw with RAW_DATASET linked in, preprocessed, results, as
+   nnunet_predict.py lays them out); fingerprint, default ExperimentPlanner and default preprocessing of CONFIG
    (reused on a rerun). The dataset's own splits_final.json is used for the folds (nnU-Net copies it
    while planning; copied here if it did not).
 2. nnU-Net's default nnUNetTrainer (default plan, loss, deep supervision, augmentation, sampling, LR
@@ -39,6 +39,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from nnunet_predict import point_nnunet_at  # noqa: E402  (nnU-Net's folders, shared with the prediction benchmark)
+
 log = logging.getLogger("nnunet_budget_train")
 
 
@@ -60,7 +63,8 @@ def main() -> None:
     stdout = os.dup(1)
     os.dup2(2, 1)  # nnU-Net prints its progress (also from worker processes): to stderr, stdout is for the JSON
 
-    dataset_id = _point_nnunet_at(args.work.resolve(), args.dataset)
+    dataset_id = point_nnunet_at(args.work.resolve(), args.dataset)
+    os.environ.setdefault("nnUNet_n_proc_DA", "2")  # augmentation workers: this machine has 2 cores
     import torch  # after nnU-Net's paths are set (its imports read them)
     from importlib.metadata import version
 
@@ -110,28 +114,13 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
-def _point_nnunet_at(work: Path, dataset: Path) -> int:
-    """nnU-Net reads its folders from the environment at import; the dataset is linked into its raw folder."""
-    match = re.fullmatch(r"Dataset(\d{3})_\w+", dataset.name)
-    if not match:
-        raise SystemExit(f"{dataset}: not an nnU-Net dataset folder name (DatasetXXX_Name)")
-    for name in ("raw", "preprocessed", "results"):
-        (work / f"nnUNet_{name}").mkdir(parents=True, exist_ok=True)
-        os.environ[f"nnUNet_{name}"] = str(work / f"nnUNet_{name}")
-    os.environ.setdefault("nnUNet_n_proc_DA", "2")  # augmentation workers: this machine has 2 cores
-    link = work / "nnUNet_raw" / dataset.name
-    if not link.exists():
-        link.symlink_to(dataset.resolve())
-    return int(match.group(1))
-
-
 def _plan_and_preprocess(dataset_id: int, dataset: Path, config: str, work: Path, processes: int) -> Path:
     """nnUNetv2_plan_and_preprocess -d ID -c CONFIG -np PROCESSES, each step skipped when its output exists."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
                                                                        plan_experiment_dataset, preprocess_dataset)
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
-    preprocessed = work / "nnUNet_preprocessed" / convert_id_to_dataset_name(dataset_id)
+    preprocessed = Path(os.environ["nnUNet_preprocessed"]) / convert_id_to_dataset_name(dataset_id)
     if not (preprocessed / "dataset_fingerprint.json").exists():
         log.info("extracting nnU-Net's dataset fingerprint")
         extract_fingerprint_dataset(dataset_id, num_processes=processes, check_dataset_integrity=False,

@@ -35,7 +35,7 @@ def main() -> None:
                         help="predict with this patch (e.g. autoseg's plan's, for the same tiles) instead of nnU-Net's")
     parser.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args()
-    dataset_id = _point_nnunet_at(args.work, args.dataset)
+    dataset_id = point_nnunet_at(args.work, args.dataset)
     model = _random_model(dataset_id, args.config, args.patch_size)  # imports nnU-Net: after its paths are set
     seconds = _timed_prediction(model, args.files, args.out, args.tta, args.sequential)
     patch = json.loads((model / "plans.json").read_text())["configurations"][args.config]["patch_size"]
@@ -43,7 +43,7 @@ def main() -> None:
                                        "patch_size": patch}))
 
 
-def _point_nnunet_at(work: Path, dataset: Path) -> int:
+def point_nnunet_at(work: Path, dataset: Path) -> int:
     """nnU-Net reads its folders from the environment at import; the dataset is linked into its raw folder."""
     match = re.fullmatch(r"Dataset(\d{3})_\w+", dataset.name)
     if not match:
