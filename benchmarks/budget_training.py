@@ -31,9 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASET = ROOT.parent / "shared" / "data" / "Dataset601_SpineXrayAP"
 RESULTS = ROOT / "benchmarks" / "results" / "budget_training.md"
-# budget-all-mirrors: the budget plan with every axis mirrored (nnU-Net's rule), to measure the
-# label-order rule of planners/mirroring.py
-VARIANTS = ("budget", "default", "budget-all-mirrors", "nnunet")
+# Variants that train the budget row's plan with one thing changed, to measure that one thing:
+# budget-all-mirrors: every axis mirrored (nnU-Net's rule), for the label-order rule of planners/mirroring.py;
+# budget-no-deep-supervision: the loss on the full-resolution output only, for whether deep
+# supervision helps or slows learning in a short budget.
+VARIANTS = ("budget", "default", "budget-all-mirrors", "budget-no-deep-supervision", "nnunet")
 DEFAULT_NNUNET_PYTHON = Path("/tmp/nnvenv/bin/python")
 ITERS_PER_EPOCH = 250
 
@@ -156,7 +158,7 @@ def _nnunet_row(dataset: Path, config: str, fold: str, budget: str, work: Path, 
 
 def _plan(dataset: Path, workdir: Path, config: str, variant: str, budget_s: float, twin: Path):
     """The variant's plan. A row that differs from the budget row only in how it trains (all mirrors,
-    a warm-up) takes that row's plan when there is one: the same measured choice, so the A/B compares
+    no deep supervision, a warm-up) takes that row's plan when there is one: the same measured choice, so the A/B compares
     the one change."""
     from autoseg import api, schema
     from autoseg.config import load_plan
@@ -169,11 +171,21 @@ def _plan(dataset: Path, workdir: Path, config: str, variant: str, budget_s: flo
     plan, path = api.plan(dataset, workdir, configs=[config], time_budget_s=budget_s if measure else None, device="cpu")
     if reuse:
         plan = load_plan(twin_plan)
-    if variant == "budget-all-mirrors":
-        every_axis = replace(plan.config(config), mirror_axes=tuple(range(len(plan.config(config).patch_size))))
-        plan = replace(plan, configurations={**plan.configurations, config: every_axis})
+    if variant in PLAN_CHANGES:
+        plan = replace(plan, configurations={**plan.configurations, config: PLAN_CHANGES[variant](plan.config(config))})
     schema.write_json_atomic(path, plan)
     return plan
+
+
+def _every_axis_mirrored(cfg):
+    return replace(cfg, mirror_axes=tuple(range(len(cfg.patch_size))))
+
+
+def _no_deep_supervision(cfg):
+    return replace(cfg, network=replace(cfg.network, deep_supervision=False))
+
+
+PLAN_CHANGES = {"budget-all-mirrors": _every_axis_mirrored, "budget-no-deep-supervision": _no_deep_supervision}
 
 
 def _warmup_tag(warmup: float) -> str:
