@@ -128,6 +128,7 @@ def train(
     early_stop: Optional[int] = typer.Option(None, "--early-stop", help="Stop after this many epochs without a better EMA pseudo-Dice"),
     lr: float = typer.Option(1e-2, "--lr", help="Initial learning rate"),
     warmup: float = typer.Option(0.0, "--warmup", help="Fraction of the run over which the learning rate rises linearly to --lr (0: none)"),
+    deep_supervision_ratio: float = typer.Option(0.5, "--deep-supervision-ratio", help="Loss weight of each coarser deep-supervision output relative to the next finer one (nnU-Net: 0.5; 1: equal)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the plan's batch size"),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
@@ -157,6 +158,7 @@ def train(
             raise typer.Exit(launch(nproc, sys.argv[1:]))
         options = dict(
             iters_per_epoch=iters_per_epoch, val_iters=val_iters, early_stop=early_stop, lr=lr, warmup=warmup,
+            deep_supervision_ratio=deep_supervision_ratio,
             time_budget_s=parse_duration(time_budget) if time_budget is not None else None, batch_size=batch_size,
             precision=precision, device=device, deterministic=deterministic, seed=seed, workers=workers,
             checkpoint_every=checkpoint_every, **({"epochs": epochs} if epochs is not None else {}),

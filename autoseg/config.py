@@ -237,6 +237,7 @@ class TrainConfig:
     early_stop: int | None = None  # epochs without a new best EMA pseudo-Dice
     lr: float = 1e-2
     warmup: float = 0.0  # first fraction of the run over which lr rises linearly to `lr` (0: none)
+    deep_supervision_ratio: float = 0.5  # loss weight of each coarser output relative to the next finer one
     momentum: float = 0.99
     weight_decay: float = 3e-5
     grad_clip: float = 12.0
@@ -284,6 +285,7 @@ TRAIN_OPTION_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "early_stop": ("an integer >= 1 (epochs)", _integer(1)),
     "lr": ("a number > 0", _real(lambda v: v > 0)),
     "warmup": ("a fraction of the run >= 0 and < 0.5", _real(lambda v: 0 <= v < 0.5)),
+    "deep_supervision_ratio": ("a number > 0 and <= 1", _real(lambda v: 0 < v <= 1)),
     "momentum": ("a number >= 0 and < 1", _real(lambda v: 0 <= v < 1)),
     "weight_decay": ("a number >= 0", _real(lambda v: v >= 0)),
     "grad_clip": ("a number > 0", _real(lambda v: v > 0)),

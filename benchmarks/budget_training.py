@@ -34,8 +34,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "budget_training.md"
 # Variants that train the budget row's plan with one thing changed, to measure that one thing:
 # budget-all-mirrors: every axis mirrored (nnU-Net's rule), for the label-order rule of planners/mirroring.py;
 # budget-no-deep-supervision: the loss on the full-resolution output only, for whether deep
-# supervision helps or slows learning in a short budget.
-VARIANTS = ("budget", "default", "budget-all-mirrors", "budget-no-deep-supervision", "nnunet")
+# supervision helps or slows learning in a short budget; budget-equal-deep-supervision: every
+# output weighted alike instead of halving the weight per coarser output (the loss weighting).
+VARIANTS = ("budget", "default", "budget-all-mirrors", "budget-no-deep-supervision", "budget-equal-deep-supervision",
+            "nnunet")
 DEFAULT_NNUNET_PYTHON = Path("/tmp/nnvenv/bin/python")
 ITERS_PER_EPOCH = 250
 
@@ -97,8 +99,9 @@ def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, wo
         twin = workdir.with_name(workdir.name.replace(variant, "budget", 1).removesuffix(_warmup_tag(warmup)))
         plan = _plan(dataset, workdir, config, variant, budget_s, twin)
         plan_s = time.monotonic() - started
-        length = dict(epochs=-(-iterations // ITERS_PER_EPOCH), iters_per_epoch=ITERS_PER_EPOCH) if iterations else dict(time_budget_s=budget_s)
-        api.train(dataset, config, fold, workdir, device="cpu", warmup=warmup, **length)
+        length = dict(epochs=-(-iterations // ITERS_PER_EPOCH), iters_per_epoch=ITERS_PER_EPOCH) if iterations \
+            else dict(time_budget_s=budget_s)
+        api.train(dataset, config, fold, workdir, device="cpu", warmup=warmup, **length, **TRAIN_CHANGES.get(variant, {}))
         train_wall_s = time.monotonic() - started - plan_s
     _, val_ids = fold_cases(ds, workdir / "plans" / ds.name / "splits.json", fold)
     images = _validation_folder(ds, val_ids, workdir / "validation_images")
@@ -108,17 +111,24 @@ def run_row(dataset: Path, config: str, fold: str, variant: str, budget: str, wo
     predict_s = time.monotonic() - t0
     summary = api.evaluate(predictions, dataset / "labelsTr", only_predicted=True)
     record = schema.read_json(run / "run.json")
-    cfg = plan.config(config)
     return {
-        "variant": variant + (f", warm-up {warmup:.0%}" if warmup else ""), "budget": budget if not iterations else f"{budget} plan, {iterations} it", "dataset": ds.name, "config": config, "fold": fold,
-        "val_cases": len(val_ids), "plan_s": plan_s and round(plan_s, 1), "train_wall_s": train_wall_s and round(train_wall_s, 1),
+        "variant": variant + (f", warm-up {warmup:.0%}" if warmup else ""),
+        "budget": budget if not iterations else f"{budget} plan, {iterations} it",
+        "dataset": ds.name, "config": config, "fold": fold, "val_cases": len(val_ids),
+        "plan_s": plan_s and round(plan_s, 1), "train_wall_s": train_wall_s and round(train_wall_s, 1),
         "predict_s_per_case": round(predict_s / max(len(val_ids), 1), 2),
-        "spacing": cfg.spacing, "patch": cfg.patch_size, "batch": cfg.batch_size, "features": cfg.network.features[0],
-        "mirror_axes": cfg.mirror_axes,
-        "precision": cfg.budget.precision if cfg.budget else "fp32 (auto)",
-        "expected_iterations": cfg.budget.expected_iterations if cfg.budget else None,
+        **_plan_fields(plan.config(config)),
         "epochs": record["epochs_done"], "elapsed_s": record["elapsed_s"], "time_to_dice": record.get("time_to_dice"),
         **_scores(summary),
+    }
+
+
+def _plan_fields(cfg) -> dict:
+    """What a row reports of the configuration it trained."""
+    return {
+        "spacing": cfg.spacing, "patch": cfg.patch_size, "batch": cfg.batch_size, "features": cfg.network.features[0],
+        "mirror_axes": cfg.mirror_axes, "precision": cfg.budget.precision if cfg.budget else "fp32 (auto)",
+        "expected_iterations": cfg.budget.expected_iterations if cfg.budget else None,
     }
 
 
@@ -186,6 +196,7 @@ def _no_deep_supervision(cfg):
 
 
 PLAN_CHANGES = {"budget-all-mirrors": _every_axis_mirrored, "budget-no-deep-supervision": _no_deep_supervision}
+TRAIN_CHANGES = {"budget-equal-deep-supervision": {"deep_supervision_ratio": 1.0}}
 
 
 def _warmup_tag(warmup: float) -> str:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from autoseg import api
+from autoseg.config import TrainConfig
 from autoseg.errors import ConfigError
 from autoseg.trainers.loss import DeepSupervisionLoss, deep_supervision_weights, dice_ce_loss, soft_dice_loss
 from autoseg.trainers.schedule import WARMUP_START, parse_duration, poly_lr, scheduled_lr
@@ -67,6 +68,21 @@ def test_deep_supervision_weights_halve_and_sum_to_one():
     assert deep_supervision_weights(1) == [1.0]
 
 
+def test_deep_supervision_ratio_sets_how_fast_the_weights_fall():
+    assert deep_supervision_weights(4, ratio=1.0) == pytest.approx([0.25] * 4)
+    full, half = labels_2d(size=8), labels_2d(size=4, seed=3)
+    outputs = [logits_for(full, 3), logits_for((half + 1) % 3, 3)]
+    equal = DeepSupervisionLoss(ratio=1.0)([*outputs], [full, half])
+    expected = 0.5 * dice_ce_loss(outputs[0], full) + 0.5 * dice_ce_loss(outputs[1], half)
+    assert float(equal) == pytest.approx(float(expected), rel=1e-6)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.5, float("nan")])
+def test_a_deep_supervision_ratio_outside_0_to_1_is_refused(ratio):
+    with pytest.raises(ConfigError, match="--deep-supervision-ratio"):
+        TrainConfig(dataset_name="D", config="2d", fold="0", deep_supervision_ratio=ratio)
+
+
 def test_deep_supervision_loss_weights_each_scale():
     full, half = labels_2d(size=8), labels_2d(size=4, seed=3)
     good_full = logits_for(full, 3)
@@ -103,9 +119,6 @@ def test_a_warm_up_rises_linearly_to_the_rate_then_decays_over_the_rest_of_the_r
 
 @pytest.mark.parametrize("warmup", [-0.1, 0.5, float("nan")])
 def test_a_warm_up_outside_the_first_half_of_the_run_is_refused(warmup):
-    from autoseg.config import TrainConfig
-    from autoseg.errors import ConfigError
-
     with pytest.raises(ConfigError, match="--warmup"):
         TrainConfig(dataset_name="D", config="2d", fold="0", warmup=warmup)
 

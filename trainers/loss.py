@@ -35,20 +35,22 @@ def dice_ce_loss(logits: Tensor, target: Tensor, over_batch: SumOverBatch = _thi
     return ce + soft_dice_loss(logits, target, over_batch=over_batch)
 
 
-def deep_supervision_weights(num_outputs: int) -> list[float]:
-    """1, 1/2, 1/4, ... normalized to sum 1 (the network has no head on its coarsest decoder stage)."""
-    weights = [0.5**i for i in range(num_outputs)]
+def deep_supervision_weights(num_outputs: int, ratio: float = 0.5) -> list[float]:
+    """1, ratio, ratio^2, ... normalized to sum 1: nnU-Net's 1, 1/2, 1/4, ... by default, equal
+    weights at ratio 1 (the network has no head on its coarsest decoder stage)."""
+    weights = [ratio**i for i in range(num_outputs)]
     total = sum(weights)
     return [w / total for w in weights]
 
 
 class DeepSupervisionLoss(nn.Module):
-    def __init__(self, over_batch: SumOverBatch = _this_process):
+    def __init__(self, over_batch: SumOverBatch = _this_process, ratio: float = 0.5):
         super().__init__()
         self.over_batch = over_batch
+        self.ratio = ratio
 
     def forward(self, outputs: Tensor | list[Tensor], targets: list[Tensor]) -> Tensor:
         if isinstance(outputs, Tensor):
             return dice_ce_loss(outputs, targets[0], self.over_batch)
-        weights = deep_supervision_weights(len(outputs))
+        weights = deep_supervision_weights(len(outputs), self.ratio)
         return sum(w * dice_ce_loss(o, t, self.over_batch) for w, o, t in zip(weights, outputs, targets))

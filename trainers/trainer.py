@@ -87,7 +87,8 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=options.lr, momentum=options.momentum,
                                          weight_decay=options.weight_decay, nesterov=True)
         self.scaler = self.precision.scaler()
-        self.loss = DeepSupervisionLoss(self.dist.global_sum)  # batch Dice over the global batch
+        # batch Dice over the global batch
+        self.loss = DeepSupervisionLoss(self.dist.global_sum, options.deep_supervision_ratio)
         self.state = TrainState()
         self._epoch_end_cost_s = 0.0  # last validation + checkpoint time, kept free at the end of a budget
         self._fraction = 0.0  # of the run done; only grows
