@@ -158,10 +158,9 @@ def train(
             raise typer.Exit(launch(nproc, sys.argv[1:]))
         options = dict(
             iters_per_epoch=iters_per_epoch, val_iters=val_iters, early_stop=early_stop, lr=lr, warmup=warmup,
-            deep_supervision_ratio=deep_supervision_ratio,
-            time_budget_s=parse_duration(time_budget) if time_budget is not None else None, batch_size=batch_size,
-            precision=precision, device=device, deterministic=deterministic, seed=seed, workers=workers,
-            checkpoint_every=checkpoint_every, **({"epochs": epochs} if epochs is not None else {}),
+            deep_supervision_ratio=deep_supervision_ratio, batch_size=batch_size, precision=precision, device=device,
+            time_budget_s=parse_duration(time_budget) if time_budget is not None else None, deterministic=deterministic,
+            seed=seed, workers=workers, checkpoint_every=checkpoint_every, **({"epochs": epochs} if epochs is not None else {}),
         )
         with progress_bars() as progress, TrainingDisplay(console) as display:
             if cross_validation:

@@ -128,3 +128,11 @@ def test_problem_lines_are_printed_verbatim(clean_dataset):
     result = invoke("validate", str(clean_dataset), "--workers", "1")
     assert result.exit_code == 2
     assert "labelsTr/scan[abc].nii.gz" in result.output
+
+
+def test_train_passes_the_deep_supervision_ratio_on_and_refuses_one_above_1(clean_dataset, tmp_path):
+    result = invoke("train", str(clean_dataset), "2d", "0", "-w", str(tmp_path / "work"), "--deep-supervision-ratio", "1.5")
+
+    assert result.exit_code == EXIT_PROBLEM
+    assert "--deep-supervision-ratio" in result.output and "1.5" in result.output
+    assert not (tmp_path / "work" / "runs").exists()
