@@ -168,8 +168,8 @@ def _nnunet_row(dataset: Path, config: str, fold: str, budget: str, work: Path, 
 
 def _plan(dataset: Path, workdir: Path, config: str, variant: str, budget_s: float, twin: Path):
     """The variant's plan. A row that differs from the budget row only in how it trains (all mirrors,
-    no deep supervision, a warm-up) takes that row's plan when there is one: the same measured choice, so the A/B compares
-    the one change."""
+    deep supervision off or reweighted, a warm-up) takes that row's plan when there is one: the same
+    measured choice, so the A/B compares the one change."""
     from autoseg import api, schema
     from autoseg.config import load_plan
     from autoseg.dataset import load_dataset

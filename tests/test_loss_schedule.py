@@ -72,7 +72,7 @@ def test_deep_supervision_ratio_sets_how_fast_the_weights_fall():
     assert deep_supervision_weights(4, ratio=1.0) == pytest.approx([0.25] * 4)
     full, half = labels_2d(size=8), labels_2d(size=4, seed=3)
     outputs = [logits_for(full, 3), logits_for((half + 1) % 3, 3)]
-    equal = DeepSupervisionLoss(ratio=1.0)([*outputs], [full, half])
+    equal = DeepSupervisionLoss(ratio=1.0)(outputs, [full, half])
     expected = 0.5 * dice_ce_loss(outputs[0], full) + 0.5 * dice_ce_loss(outputs[1], half)
     assert float(equal) == pytest.approx(float(expected), rel=1e-6)
 
