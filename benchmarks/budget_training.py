@@ -31,13 +31,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASET = ROOT.parent / "shared" / "data" / "Dataset601_SpineXrayAP"
 RESULTS = ROOT / "benchmarks" / "results" / "budget_training.md"
+
+
+def _every_axis_mirrored(cfg):
+    return replace(cfg, mirror_axes=tuple(range(len(cfg.patch_size))))
+
+
+def _no_deep_supervision(cfg):
+    return replace(cfg, network=replace(cfg.network, deep_supervision=False))
+
+
 # Variants that train the budget row's plan with one thing changed, to measure that one thing:
 # budget-all-mirrors: every axis mirrored (nnU-Net's rule), for the label-order rule of planners/mirroring.py;
 # budget-no-deep-supervision: the loss on the full-resolution output only, for whether deep
 # supervision helps or slows learning in a short budget; budget-equal-deep-supervision: every
 # output weighted alike instead of halving the weight per coarser output (the loss weighting).
-VARIANTS = ("budget", "default", "budget-all-mirrors", "budget-no-deep-supervision", "budget-equal-deep-supervision",
-            "nnunet")
+PLAN_CHANGES = {"budget-all-mirrors": _every_axis_mirrored, "budget-no-deep-supervision": _no_deep_supervision}
+TRAIN_CHANGES = {"budget-equal-deep-supervision": {"deep_supervision_ratio": 1.0}}
+VARIANTS = ("budget", "default", *PLAN_CHANGES, *TRAIN_CHANGES, "nnunet")
 DEFAULT_NNUNET_PYTHON = Path("/tmp/nnvenv/bin/python")
 ITERS_PER_EPOCH = 250
 
@@ -185,18 +196,6 @@ def _plan(dataset: Path, workdir: Path, config: str, variant: str, budget_s: flo
         plan = replace(plan, configurations={**plan.configurations, config: PLAN_CHANGES[variant](plan.config(config))})
     schema.write_json_atomic(path, plan)
     return plan
-
-
-def _every_axis_mirrored(cfg):
-    return replace(cfg, mirror_axes=tuple(range(len(cfg.patch_size))))
-
-
-def _no_deep_supervision(cfg):
-    return replace(cfg, network=replace(cfg.network, deep_supervision=False))
-
-
-PLAN_CHANGES = {"budget-all-mirrors": _every_axis_mirrored, "budget-no-deep-supervision": _no_deep_supervision}
-TRAIN_CHANGES = {"budget-equal-deep-supervision": {"deep_supervision_ratio": 1.0}}
 
 
 def _warmup_tag(warmup: float) -> str:

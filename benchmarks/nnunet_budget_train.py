@@ -7,8 +7,8 @@ Runs under nnU-Net's own interpreter (nnU-Net is not an autoseg dependency; see 
 the venv) and imports nothing from autoseg. Three steps, all with nnU-Net's defaults:
 
 1. nnU-Net's folders under WORK (raw with RAW_DATASET linked in, preprocessed, results, as
-   nnunet_predict.py lays them out); fingerprint, default ExperimentPlanner and default preprocessing of CONFIG
-   (reused on a rerun). The dataset's own splits_final.json is used for the folds (nnU-Net copies it
+   nnunet_predict.py lays them out); fingerprint, default ExperimentPlanner and default
+   preprocessing of CONFIG (reused on a rerun). The dataset's own splits_final.json is used for the folds (nnU-Net copies it
    while planning; copied here if it did not).
 2. nnU-Net's default nnUNetTrainer (default plan, loss, deep supervision, augmentation, sampling, LR
    schedule) trains FOLD on the CPU until BUDGET_S seconds have passed, counted from the creation of
