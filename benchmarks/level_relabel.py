@@ -4,7 +4,7 @@
         --labels RAW_DATASET/labelsTr [--work /tmp/level_relabel]
 
 `benchmarks/level_errors.py` shows that a budget-trained model of Dataset601 finds the vertebrae
-but gives a sixth of the lumbar ones a neighbour's level. This applies three rule sets to a
+but gives a sixth of the lumbar ones a neighbour's level. This applies four rule sets to a
 folder of 2D predictions (levels L1..L5, head at the top of the image) and scores each with
 `autoseg evaluate --only-predicted`, beside the unchanged predictions:
 
@@ -16,7 +16,11 @@ folder of 2D predictions (levels L1..L5, head at the top of the image) and score
 - `vote+order`: first every vertebra (connected component of all levels merged) takes its
   majority level, then `order`; wrong where two vertebrae touch and merge into one component;
 - `pieces+order`: first only the pieces smaller than 40% of their vertebra's largest piece take
-  the vertebra's majority level, then `order`.
+  the vertebra's majority level, then `order`;
+- `count`: the levels counted from the sacrum up, whatever the model said: the vertebrae
+  (components of every foreground class merged, thoracic included; pieces under a fifth of the
+  median one left as they are), sorted head to foot, the lowest five become L5..L1 and every one
+  above them thoracic; X-rays with fewer than five stay as predicted.
 
 Prints a markdown table; writes relabelled copies under WORK, never touches the predictions.
 """
@@ -33,6 +37,7 @@ from autoseg import api
 from autoseg.io import Geometry, read_label, write_image
 from autoseg.tasks.levels import check_levels
 
+THORACIC = 1  # one class for every thoracic vertebra in Dataset601_SpineXrayAP
 LEVELS = (2, 3, 4, 5, 6)  # L1..L5 in Dataset601_SpineXrayAP
 PIECE_FLOOR = 0.2  # `order`: pieces under this share of the median level's largest piece are fragments
 SMALL_PIECE = 0.4  # `pieces`: share of the vertebra's largest piece below which a piece is relabelled
@@ -46,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     rules: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {
         "as predicted": None, "order": order, "vote+order": lambda labels: order(vote(labels)),
-        "pieces+order": lambda labels: order(vote_small_pieces(labels))}
+        "pieces+order": lambda labels: order(vote_small_pieces(labels)), "count": count_from_sacrum}
     print("| predictions | rules | mean fg Dice | " + " | ".join(f"L{i}" for i in range(1, 6)) + " |")
     print("|---|---|---|" + "---|" * len(LEVELS))
     for folder in args.predictions:
@@ -116,6 +121,23 @@ def vote_small_pieces(labels: np.ndarray) -> np.ndarray:
         for piece, size in zip(piece_ids, sizes):
             if size < SMALL_PIECE * sizes.max():
                 out[ids == piece] = majority
+    return out
+
+
+def count_from_sacrum(labels: np.ndarray) -> np.ndarray:
+    """The lowest five vertebrae (image rows run head to foot) become L5..L1, those above thoracic."""
+    vertebrae = cc3d.connected_components((labels > 0).astype(np.uint8), connectivity=8)
+    ids, sizes = np.unique(vertebrae[vertebrae > 0], return_counts=True)
+    kept = ids[sizes >= PIECE_FLOOR * np.median(sizes)] if len(ids) else ids
+    if len(kept) < len(LEVELS):
+        return labels
+    head_to_foot = sorted(kept, key=lambda i: float(np.nonzero(vertebrae == i)[0].mean()))
+    out = labels.copy()
+    lumbar = head_to_foot[-len(LEVELS):]
+    for i in head_to_foot[:-len(LEVELS)]:
+        out[vertebrae == i] = THORACIC
+    for level, i in zip(LEVELS, lumbar):
+        out[vertebrae == i] = level
     return out
 
 
