@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from level_errors import _class_names, _majority_offset, _pairs
+from autoseg.evaluation import class_metrics
+from level_errors import _class_names, _majority_offset, named_pairs
 
 SHIFT_SHARE = 0.8  # of the levels: 4 of L1..L5
 
@@ -37,16 +38,11 @@ def main() -> None:
     if len(args.predictions) < args.min_agree:
         raise SystemExit(f"--min-agree {args.min_agree} needs at least that many --predictions folders")
     classes = sorted(c for c in _class_names(args.labels.parent / "dataset.json") if c > 0)
-    folders = {folder: dict(zip(_case_names(folder), _pairs(folder, args.labels))) for folder in args.predictions}
+    folders = {folder: named_pairs(folder, args.labels) for folder in args.predictions}
     shifts = {folder: {case: column_shift(p, r, args.levels) for case, (p, r) in pairs.items()}
               for folder, pairs in folders.items()}
     agreed = _agreed(shifts, args.min_agree)
     print(report(folders, shifts, agreed, classes, args.min_agree))
-
-
-def _case_names(folder: Path) -> list[str]:
-    # the same filter and order as level_errors._pairs
-    return [p.name for p in sorted(folder.iterdir()) if p.name != "summary.json" and p.suffix != ".csv"]
 
 
 def column_shift(prediction: np.ndarray, reference: np.ndarray, levels: list[int]) -> int:
@@ -70,16 +66,10 @@ def _agreed(shifts: dict[Path, dict[str, int]], min_agree: int) -> set[str]:
 
 
 def mean_foreground_dice(pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[int]) -> float:
-    """Mean over cases of the mean Dice over classes (a class absent from both counts as 1)."""
-    per_case = []
-    for prediction, reference in pairs:
-        dice = []
-        for c in classes:
-            p, r = prediction == c, reference == c
-            total = p.sum() + r.sum()
-            dice.append(1.0 if total == 0 else 2 * (p & r).sum() / total)
-        per_case.append(np.mean(dice))
-    return float(np.mean(per_case)) if per_case else float("nan")
+    """As `autoseg evaluate` reports it: the mean over classes of each class's mean Dice over cases."""
+    dice = [[class_metrics(prediction == c, reference == c, (1.0,) * reference.ndim)["dice"] for c in classes]
+            for prediction, reference in pairs]
+    return float(np.mean(np.nanmean(dice, axis=0))) if dice else float("nan")
 
 
 def report(folders, shifts, agreed: set[str], classes: list[int], min_agree: int) -> str:

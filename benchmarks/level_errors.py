@@ -40,13 +40,18 @@ def _class_names(dataset_json: Path) -> dict[int, str]:
 
 
 def _pairs(predictions: Path, labels: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    pairs = []
+    return list(named_pairs(predictions, labels).values())
+
+
+def named_pairs(predictions: Path, labels: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """File name -> (prediction, reference) label arrays, for every prediction in the folder."""
+    pairs = {}
     for prediction in sorted(p for p in predictions.iterdir() if p.name != "summary.json" and p.suffix != ".csv"):
         reference = labels / prediction.name
         if not reference.is_file():
             raise SystemExit(f"{prediction}: no reference label {reference}")
-        pairs.append((sitk.GetArrayFromImage(sitk.ReadImage(str(prediction))),
-                      sitk.GetArrayFromImage(sitk.ReadImage(str(reference)))))
+        pairs[prediction.name] = (sitk.GetArrayFromImage(sitk.ReadImage(str(prediction))),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(reference))))
     if not pairs:
         raise SystemExit(f"{predictions}: no predictions")
     return pairs
