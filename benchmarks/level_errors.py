@@ -30,17 +30,13 @@ def main() -> None:
     parser.add_argument("--dataset-json", type=Path, help="for class names [LABELS/../dataset.json]")
     args = parser.parse_args()
     names = _class_names(args.dataset_json or args.labels.parent / "dataset.json")
-    pairs = _pairs(args.predictions, args.labels)
+    pairs = list(named_pairs(args.predictions, args.labels).values())
     print(report(pairs, args.levels, names))
 
 
 def _class_names(dataset_json: Path) -> dict[int, str]:
     labels = json.loads(dataset_json.read_text())["labels"]
     return {int(value): name for name, value in labels.items()}
-
-
-def _pairs(predictions: Path, labels: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    return list(named_pairs(predictions, labels).values())
 
 
 def named_pairs(predictions: Path, labels: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

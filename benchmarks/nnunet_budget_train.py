@@ -8,8 +8,8 @@ the venv) and imports nothing from autoseg. Three steps, all with nnU-Net's defa
 
 1. nnU-Net's folders under WORK (raw with RAW_DATASET linked in, preprocessed, results, as
    nnunet_predict.py lays them out); fingerprint, default ExperimentPlanner and default
-   preprocessing of CONFIG (reused on a rerun). The dataset's own splits_final.json is used for the folds (nnU-Net copies it
-   while planning; copied here if it did not).
+   preprocessing of CONFIG (reused on a rerun). The dataset's own splits_final.json is used for
+   the folds (nnU-Net copies it while planning; copied here if it did not).
 2. nnU-Net's default nnUNetTrainer (default plan, loss, deep supervision, augmentation, sampling, LR
    schedule) trains FOLD on the CPU until BUDGET_S seconds have passed, counted from the creation of
    the trainer (its setup, data loader start and dataset unpacking count). The only change is a

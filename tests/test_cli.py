@@ -130,7 +130,7 @@ def test_problem_lines_are_printed_verbatim(clean_dataset):
     assert "labelsTr/scan[abc].nii.gz" in result.output
 
 
-def test_train_passes_the_deep_supervision_ratio_on_and_refuses_one_above_1(clean_dataset, tmp_path):
+def test_train_hands_the_deep_supervision_ratio_to_the_config_check_which_refuses_1_5(clean_dataset, tmp_path):
     result = invoke("train", str(clean_dataset), "2d", "0", "-w", str(tmp_path / "work"), "--deep-supervision-ratio", "1.5")
 
     assert result.exit_code == EXIT_PROBLEM
